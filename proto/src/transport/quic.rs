@@ -1,0 +1,221 @@
+//! QUIC transport (quinn + rustls with the ring provider), ALPN `periscope/1`.
+//!
+//! [`QuicSettings`] holds the transport knobs that differ from quinn's defaults, with why.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+
+use super::{BiStream, BoxFuture, RecvStream, SendStream, Transport, TransportError, TransportKind};
+use crate::ALPN;
+
+/// Congestion controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    /// CUBIC (quinn's default; robust everywhere).
+    #[default]
+    Cubic,
+    /// BBR (better on long, lossy links such as satellite).
+    Bbr,
+}
+
+/// QUIC transport settings shared by relay and agent.
+#[derive(Debug, Clone)]
+pub struct QuicSettings {
+    /// Keep-alive interval. Below common NAT/CGNAT UDP mapping timeouts (often 30 s) so the
+    /// mapping stays open, and short so a dead peer or restarted relay is noticed fast.
+    pub keep_alive: Duration,
+    /// Idle timeout: the connection is declared dead after this much silence. Four keep-alives
+    /// may be lost before it fires.
+    pub idle_timeout: Duration,
+    /// Per-stream receive window. Throughput per stream is at most window / RTT: 4 MiB at a
+    /// 600 ms satellite RTT is ~56 Mbit/s per stream (a 64 KiB window would be ~0.9 Mbit/s).
+    pub stream_window: u32,
+    /// Connection-wide receive window. quinn's default is unbounded; this is the most a peer
+    /// can make us buffer for one connection. 16 MiB covers 100 Mbit/s at ~1.3 s RTT.
+    pub receive_window: u32,
+    /// Unacknowledged bytes we keep in flight per connection.
+    pub send_window: u64,
+    /// Bidirectional streams the peer may have open at once toward us.
+    pub max_incoming_streams: u32,
+    /// Congestion controller.
+    pub congestion: Congestion,
+}
+
+impl QuicSettings {
+    /// Defaults for the agent side: it accepts one stream per visitor connection.
+    pub fn agent() -> Self {
+        QuicSettings {
+            keep_alive: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(8),
+            stream_window: 4 * 1024 * 1024,
+            receive_window: 16 * 1024 * 1024,
+            send_window: 16 * 1024 * 1024,
+            max_incoming_streams: 4096,
+            congestion: Congestion::Cubic,
+        }
+    }
+
+    /// Defaults for the relay side: agents open only their control stream.
+    pub fn relay() -> Self {
+        QuicSettings {
+            max_incoming_streams: 8,
+            ..Self::agent()
+        }
+    }
+
+    /// The quinn transport config for these settings.
+    pub fn transport_config(&self) -> quinn::TransportConfig {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        // Never fails for values below 2^62 ms.
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
+        t.receive_window(quinn::VarInt::from_u32(self.receive_window));
+        t.send_window(self.send_window);
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_incoming_streams));
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        t.datagram_receive_buffer_size(Some(1024 * 1024));
+        t.datagram_send_buffer_size(1024 * 1024);
+        if self.congestion == Congestion::Bbr {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+        t
+    }
+}
+
+/// The rustls crypto provider used everywhere (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Errors building QUIC configs.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// rustls refused the certificate, key or settings.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The TLS config is not usable for QUIC.
+    #[error("TLS configuration not usable for QUIC: {0}")]
+    Quic(String),
+}
+
+/// Server config for the relay's QUIC listener.
+pub fn server_config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    settings: &QuicSettings,
+) -> Result<quinn::ServerConfig, ConfigError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ConfigError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(settings.transport_config()));
+    Ok(cfg)
+}
+
+/// Client config for the agent, given a rustls config that verifies the relay.
+pub fn client_config(
+    mut tls: rustls::ClientConfig,
+    settings: &QuicSettings,
+) -> Result<quinn::ClientConfig, ConfigError> {
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ConfigError::Quic(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(settings.transport_config()));
+    Ok(cfg)
+}
+
+/// Endpoint config whose stateless-reset key is `reset_key`. Persisting the key lets a
+/// restarted relay reset its predecessor's connections at once, so agents reconnect on their
+/// next packet instead of waiting for the idle timeout.
+pub fn endpoint_config(reset_key: &[u8]) -> quinn::EndpointConfig {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
+    quinn::EndpointConfig::new(Arc::new(key))
+}
+
+/// A QUIC connection as a [`Transport`].
+#[derive(Debug, Clone)]
+pub struct QuicConnection(pub quinn::Connection);
+
+impl From<quinn::ConnectionError> for TransportError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as E;
+        match e {
+            E::ApplicationClosed(c) => TransportError::ClosedByPeer {
+                code: c.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            E::LocallyClosed => TransportError::LocallyClosed,
+            E::Reset => TransportError::Reset,
+            E::TimedOut => TransportError::TimedOut,
+            E::VersionMismatch => TransportError::Protocol("QUIC version mismatch".into()),
+            E::TransportError(t) => TransportError::Protocol(t.to_string()),
+            E::ConnectionClosed(c) => TransportError::Protocol(format!("closed by peer: {c}")),
+            E::CidsExhausted => TransportError::Protocol("connection ids exhausted".into()),
+        }
+    }
+}
+
+impl Transport for QuicConnection {
+    fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        Box::pin(async move {
+            let (s, r) = self.0.open_bi().await?;
+            Ok(BiStream {
+                send: SendStream::Quic(s),
+                recv: RecvStream::Quic(r),
+            })
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>> {
+        Box::pin(async move {
+            let (s, r) = self.0.accept_bi().await?;
+            Ok(BiStream {
+                send: SendStream::Quic(s),
+                recv: RecvStream::Quic(r),
+            })
+        })
+    }
+
+    fn send_datagram(&self, data: Bytes) -> Result<(), TransportError> {
+        self.0
+            .send_datagram(data)
+            .map_err(|e| TransportError::Datagram(e.to_string()))
+    }
+
+    fn recv_datagram(&self) -> BoxFuture<'_, Result<Bytes, TransportError>> {
+        Box::pin(async move { Ok(self.0.read_datagram().await?) })
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.0.max_datagram_size()
+    }
+
+    fn close(&self, code: u32, reason: &str) {
+        self.0.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'_, TransportError> {
+        Box::pin(async move { self.0.closed().await.into() })
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    fn rtt(&self) -> Duration {
+        self.0.rtt()
+    }
+
+    fn kind(&self) -> TransportKind {
+        TransportKind::Quic
+    }
+}
