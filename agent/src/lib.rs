@@ -1,1 +1,146 @@
-//! placeholder
+//! # Periscope agent
+//!
+//! Runs next to the recorder. [`Agent::new`] validates the config, resolves every tunnel
+//! target once (the targets are pinned: the relay names tunnels by id and can never make the
+//! agent connect anywhere else) and prepares TLS. [`Agent::run`] dials the relay, registers the
+//! tunnels and serves streams until shutdown, reconnecting forever with backoff ([`backoff`])
+//! when the relay goes away. [`Agent::status`] reports what is happening.
+//!
+//! Layout: `config` (agent.toml), `tls` (how the relay is verified), `backoff`, `session` (one
+//! connection: Hello/Welcome, control loop, data streams → local targets).
+
+pub mod backoff;
+pub mod config;
+pub mod error;
+mod session;
+mod tls;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use proto::{transport::TransportKind, RejectReason, TunnelSpec};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+pub use error::AgentError;
+
+/// What the agent is doing, for `periscope agent status` and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Not yet connected.
+    Starting,
+    /// Dialling the relay; `last_error` says why the previous attempt ended.
+    Connecting {
+        /// Attempts since the last healthy session.
+        attempt: u32,
+        /// Why the previous attempt or session ended.
+        last_error: Option<String>,
+    },
+    /// Registered and serving.
+    Connected {
+        /// Session id from the relay.
+        session: u64,
+        /// Transport in use.
+        transport: TransportKind,
+        /// `(tunnel name, public address)`.
+        public: Vec<(String, String)>,
+    },
+    /// The relay refused this agent; retrying slowly.
+    Rejected {
+        /// Why.
+        reason: RejectReason,
+        /// Detail from the relay.
+        detail: String,
+    },
+}
+
+/// A tunnel with its target resolved and pinned.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunnel {
+    pub(crate) spec: TunnelSpec,
+    pub(crate) target: SocketAddr,
+    pub(crate) proxy_v2: bool,
+}
+
+/// A configured agent, ready to run.
+#[derive(Debug)]
+pub struct Agent {
+    pub(crate) config: AgentConfig,
+    pub(crate) token: proto::Secret,
+    pub(crate) tunnels: Arc<Vec<Tunnel>>,
+    pub(crate) tls: rustls::ClientConfig,
+    pub(crate) pinned: Option<Arc<tls::PinnedVerifier>>,
+    pub(crate) status: watch::Sender<Status>,
+}
+
+impl Agent {
+    /// Validate `config`, read the token, resolve targets, prepare TLS.
+    pub async fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        config.validate()?;
+        let token = match (&config.token, &config.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => {
+                let t = std::fs::read_to_string(path).map_err(|source| AgentError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                proto::Secret::new(t.trim())
+            }
+            (None, None) => return Err(AgentError::Config("token: missing".into())),
+        };
+        let mut tunnels = Vec::new();
+        for (i, t) in config.tunnels.iter().enumerate() {
+            let target = resolve_target(&t.name, &t.target).await?;
+            tunnels.push(Tunnel {
+                spec: TunnelSpec {
+                    id: i as u32,
+                    name: t.name.clone(),
+                    kind: t.kind.into(),
+                    remote_port: t.remote_port,
+                    hostname: t.hostname.clone(),
+                },
+                target,
+                proxy_v2: t.proxy_protocol.is_some(),
+            });
+        }
+        let (tls, pinned) = tls::client_tls(&config)?;
+        Ok(Agent {
+            config,
+            token,
+            tunnels: Arc::new(tunnels),
+            tls,
+            pinned,
+            status: watch::Sender::new(Status::Starting),
+        })
+    }
+
+    /// Watch the agent's status.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Serve until `shutdown` fires. Network errors never end this: it reconnects.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        session::run(self, shutdown).await
+    }
+}
+
+/// Resolve a target once at start. The unspecified address is refused: it would mean
+/// "this host" on some systems (coturn CVE-2020-26262).
+async fn resolve_target(tunnel: &str, target: &str) -> Result<SocketAddr, AgentError> {
+    let err = |detail: String| AgentError::Resolve {
+        tunnel: tunnel.into(),
+        target: target.into(),
+        detail,
+    };
+    let addr = tokio::time::timeout(Duration::from_secs(10), tokio::net::lookup_host(target))
+        .await
+        .map_err(|_| err("DNS lookup timed out".into()))?
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))?;
+    if addr.ip().is_unspecified() {
+        return Err(err("0.0.0.0 / :: is not a target; name the host".into()));
+    }
+    Ok(addr)
+}

@@ -1,1 +1,169 @@
-//! placeholder
+//! # Periscope relay
+//!
+//! The public edge. Agents dial in over QUIC ([`quic`] accept loop), authenticate with a JWT
+//! ([`token`]) on their control stream, and register tunnels ([`session`]). For each TCP
+//! tunnel the relay listens on the public port ([`tcp_tunnel`]) and carries every visitor
+//! connection to the agent on its own stream.
+//!
+//! Lifecycle: [`Relay::bind`] loads the identity and binds the QUIC socket (port 0 works, for
+//! tests), [`Relay::run`] serves until the shutdown token fires, then sends `GoAway` to every
+//! agent, lets connections drain for `limits.shutdown_grace` and closes.
+//!
+//! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
+//! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
+//! name), `session` (one agent), `tcp_tunnel` (public TCP ports).
+
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod registry;
+mod session;
+mod tcp_tunnel;
+pub mod token;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+pub use config::RelayConfig;
+pub use error::RelayError;
+pub use registry::Registry;
+pub use token::{Claims, IssueRequest, PortRange, TokenKeys};
+
+/// State shared by every task of the relay.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: RelayConfig,
+    pub(crate) keys: TokenKeys,
+    pub(crate) revocations: token::Revocations,
+    pub(crate) registry: Registry,
+}
+
+/// A bound relay, ready to [`run`](Relay::run).
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    fingerprint: String,
+}
+
+impl Relay {
+    /// Load (or create) the identity in `config.data_dir` and bind the QUIC listener.
+    pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        config.validate()?;
+        let id = identity::load(&config)?;
+        let keys = TokenKeys::new(&id.signing_pkcs8, &config.domain)?;
+        let revocations = token::Revocations::load(&config.data_dir)?;
+        let server = proto::transport::quic::server_config(
+            id.certs.clone(),
+            id.key.clone_key(),
+            &config.quic.settings(),
+        )?;
+        let socket = std::net::UdpSocket::bind(config.listen.quic).map_err(|source| {
+            RelayError::Bind {
+                addr: format!("udp {}", config.listen.quic),
+                source,
+            }
+        })?;
+        let endpoint = quinn::Endpoint::new(
+            proto::transport::quic::endpoint_config(&id.reset_key),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| RelayError::Bind {
+            addr: format!("udp {}", config.listen.quic),
+            source,
+        })?;
+        Ok(Relay {
+            shared: Arc::new(Shared {
+                config,
+                keys,
+                revocations,
+                registry: Registry::default(),
+            }),
+            endpoint,
+            fingerprint: id.fingerprint,
+        })
+    }
+
+    /// The QUIC address agents dial.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.endpoint
+            .local_addr()
+            .unwrap_or(self.shared.config.listen.quic)
+    }
+
+    /// `sha256:` fingerprint of the certificate agents see.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The token signer (for `periscope relay --dev` printing a ready token, and tests).
+    pub fn keys(&self) -> &TokenKeys {
+        &self.shared.keys
+    }
+
+    /// Live agent sessions.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Serve until `shutdown` is cancelled, then drain and close.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let tracker = TaskTracker::new();
+        let shared = self.shared.clone();
+        tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
+        tracing::info!(quic = %self.quic_addr(), fingerprint = %self.fingerprint, "relay ready");
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                i = self.endpoint.accept() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let span = tracing::info_span!("agent_conn", remote = %incoming.remote_address());
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(session::handle_incoming(shared, incoming, shutdown).instrument(span));
+        }
+        tracing::info!("relay shutting down: telling agents to go away and draining");
+        tracker.close();
+        let grace = self.shared.config.limits.shutdown_grace + Duration::from_secs(1);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!("some connections did not finish within the shutdown grace period");
+        }
+        self.endpoint
+            .close(quinn::VarInt::from_u32(proto::codes::CLOSE_SHUTDOWN), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
+
+/// Every second: pick up revocations written by `periscope token revoke`, and close sessions
+/// whose token was revoked or has expired.
+async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = shared.revocations.reload_if_changed() {
+            tracing::warn!("cannot read the revocation list: {e}");
+        }
+        let now = token::unix_now(std::time::SystemTime::now());
+        shared.registry.close_where(|s| {
+            if shared.revocations.contains(&s.jti) {
+                Some((proto::codes::CLOSE_REVOKED, "token revoked"))
+            } else if now > s.exp.saturating_add(token::LEEWAY_SECS) {
+                Some((proto::codes::CLOSE_EXPIRED, "token expired"))
+            } else {
+                None
+            }
+        });
+    }
+}

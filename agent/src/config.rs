@@ -1,0 +1,295 @@
+//! `agent.toml`: serde structs with `deny_unknown_fields`, then [`AgentConfig::validate`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use proto::{Secret, TunnelKind};
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// The agent's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Relay address, `host:port` (the relay's QUIC port).
+    pub relay: String,
+    /// The agent token (or `token_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// File holding the agent token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Pin the relay's certificate: `sha256:` + hex, as printed by the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Trust this CA (PEM) instead of the public web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify the relay's certificate against (default: the host part of `relay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// `auto` or `quic` (`tcp`, the TLS fallback, is not available yet).
+    #[serde(default)]
+    pub transport: TransportChoice,
+    /// How long to wait for the relay handshake and for a target to accept a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// QUIC tuning.
+    #[serde(default)]
+    pub quic: QuicConfig,
+    /// Published services.
+    #[serde(default, rename = "tunnel")]
+    pub tunnels: Vec<TunnelConfig>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Transport to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportChoice {
+    /// Best available (today: QUIC).
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+/// `[quic]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Keep-alive interval (holds NAT mappings; notices a restarted relay).
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Idle timeout.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// `cubic` or `bbr`.
+    #[serde(default)]
+    pub congestion: Congestion,
+}
+
+/// Congestion controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// CUBIC.
+    #[default]
+    Cubic,
+    /// BBR.
+    Bbr,
+}
+
+fn default_keep_alive() -> Duration {
+    proto::transport::quic::QuicSettings::agent().keep_alive
+}
+fn default_idle_timeout() -> Duration {
+    proto::transport::quic::QuicSettings::agent().idle_timeout
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            keep_alive: default_keep_alive(),
+            idle_timeout: default_idle_timeout(),
+            congestion: Congestion::default(),
+        }
+    }
+}
+
+impl QuicConfig {
+    pub(crate) fn settings(&self) -> proto::transport::quic::QuicSettings {
+        proto::transport::quic::QuicSettings {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+            congestion: match self.congestion {
+                Congestion::Cubic => proto::transport::quic::Congestion::Cubic,
+                Congestion::Bbr => proto::transport::quic::Congestion::Bbr,
+            },
+            ..proto::transport::quic::QuicSettings::agent()
+        }
+    }
+}
+
+/// One `[[tunnel]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelConfig {
+    /// Name, unique in this file (`cam`, `ssh`).
+    pub name: String,
+    /// `http`, `tcp` or `udp`.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// The local service, `host:port`. The only place this tunnel's traffic may go.
+    pub target: String,
+    /// Public port on the relay (tcp/udp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    /// Public hostname (http; default `NAME.DOMAIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Send a PROXY protocol header to the target so it sees the visitor's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// Tunnel type in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// HTTP site.
+    Http,
+    /// Raw TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl From<Kind> for TunnelKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Http => TunnelKind::Http,
+            Kind::Tcp => TunnelKind::Tcp,
+            Kind::Udp => TunnelKind::Udp,
+        }
+    }
+}
+
+/// PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// Binary version 2.
+    V2,
+}
+
+impl AgentConfig {
+    /// Parse TOML text. The error keeps its span so the caller can name file, line and key.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks serde cannot express; `Err` names the key.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |key: String, msg: &str| Err(AgentError::Config(format!("{key}: {msg}")));
+        if split_host_port(&self.relay).is_none() {
+            return bad("relay".into(), "expected HOST:PORT, e.g. relay.example.com:443");
+        }
+        if self.token.is_some() == self.token_file.is_some() {
+            return bad("token".into(), "set exactly one of token and token_file");
+        }
+        if self.fingerprint.is_some() && self.ca_file.is_some() {
+            return bad("fingerprint".into(), "set fingerprint or ca_file, not both");
+        }
+        if let Some(fp) = &self.fingerprint {
+            if parse_fingerprint(fp).is_none() {
+                return bad(
+                    "fingerprint".into(),
+                    "expected sha256: followed by 64 hex digits (colons allowed)",
+                );
+            }
+        }
+        if self.transport == TransportChoice::Tcp {
+            return bad(
+                "transport".into(),
+                "the TLS-over-TCP fallback is not available in this version; use auto or quic",
+            );
+        }
+        if self.quic.keep_alive >= self.quic.idle_timeout {
+            return bad("quic.keep_alive".into(), "must be shorter than quic.idle_timeout");
+        }
+        if self.tunnels.is_empty() {
+            return bad("tunnel".into(), "no tunnels configured: add at least one [[tunnel]]");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tunnels.iter().enumerate() {
+            let key = |k: &str| format!("tunnel[{i}].{k} (`{}`)", t.name);
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return bad(key("name"), "use lowercase letters, digits and dashes");
+            }
+            if !names.insert(&t.name) {
+                return bad(key("name"), "duplicate tunnel name");
+            }
+            if split_host_port(&t.target).is_none() {
+                return bad(key("target"), "expected HOST:PORT, e.g. 192.168.1.50:80");
+            }
+            match t.kind {
+                Kind::Tcp | Kind::Udp if t.remote_port.unwrap_or(0) == 0 => {
+                    return bad(key("remote_port"), "tcp and udp tunnels need a remote_port");
+                }
+                Kind::Http if t.remote_port.is_some() => {
+                    return bad(key("remote_port"), "http tunnels are routed by hostname, not port");
+                }
+                _ => {}
+            }
+            if t.hostname.is_some() && t.kind != Kind::Http {
+                return bad(key("hostname"), "only http tunnels have a hostname");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Split `host:port` (IPv6 as `[::1]:443`).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some((a.ip().to_string(), a.port()));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    if host.is_empty() || host.contains(':') || host.contains('[') {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+/// Parse `sha256:AB:CD…` or `sha256:abcd…` into 32 bytes.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let hex: String = s
+        .strip_prefix("sha256:")?
+        .chars()
+        .filter(|&c| c != ':')
+        .collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a.b:443"), Some(("a.b".into(), 443)));
+        assert_eq!(split_host_port("[::1]:4443"), Some(("::1".into(), 4443)));
+        assert_eq!(split_host_port("a.b"), None);
+        assert_eq!(split_host_port("a.b:0"), None);
+        assert_eq!(split_host_port("::1:80"), None);
+    }
+
+    #[test]
+    fn fingerprints() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(parse_fingerprint(&fp), Some([0xab; 32]));
+        let colons = format!("sha256:{}", vec!["AB"; 32].join(":"));
+        assert_eq!(parse_fingerprint(&colons), Some([0xab; 32]));
+        assert_eq!(parse_fingerprint("ab"), None);
+        assert_eq!(parse_fingerprint("sha256:zz"), None);
+    }
+}

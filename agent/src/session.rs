@@ -1,0 +1,365 @@
+//! The dial/serve/reconnect loop and one session's stream handling.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use proto::{
+    codes,
+    control::CONTROL_VERSION,
+    proxy,
+    transport::{
+        quic::{self, QuicConnection},
+        read_frame, splice, write_frame, BiStream, Connection, TransportError,
+    },
+    Control, Hello, RejectReason, StreamError, StreamErrorKind, StreamOpen, StreamReply,
+    TunnelKind,
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{backoff::Backoff, config::split_host_port, Agent, Status, Tunnel};
+
+/// A session that lasted this long was healthy: the next reconnect starts fresh.
+const HEALTHY: Duration = Duration::from_secs(5);
+/// Time a stream has to send its StreamOpen header.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, how long open connections may finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How one attempt ended.
+enum Ended {
+    /// We are shutting down.
+    Shutdown,
+    /// A session ran and then ended.
+    Lost { cause: String, healthy: bool, replaced: bool },
+    /// Could not connect or register.
+    Failed(String),
+    /// The relay refused us.
+    Rejected(RejectReason, String),
+}
+
+pub(crate) async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), crate::AgentError> {
+    let agent = Arc::new(agent);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut last_cause = String::new();
+    loop {
+        let ended = tokio::select! {
+            _ = shutdown.cancelled() => Ended::Shutdown,
+            e = attempt(&agent, &shutdown) => e,
+        };
+        let (delay, cause) = match ended {
+            Ended::Shutdown => {
+                tracing::info!("agent stopped");
+                return Ok(());
+            }
+            Ended::Lost { cause, healthy, replaced } => {
+                if replaced {
+                    tracing::warn!("another agent with this name connected and replaced this one; \
+                        two agents share a token? retrying in a while");
+                    (Duration::from_secs(30), cause)
+                } else {
+                    tracing::warn!("connection to relay lost: {cause}; reconnecting");
+                    if healthy {
+                        backoff.reset();
+                    }
+                    (backoff.next_delay(), cause)
+                }
+            }
+            Ended::Failed(cause) => {
+                let delay = backoff.next_delay();
+                if cause != last_cause {
+                    tracing::warn!("cannot reach relay {}: {cause}; retrying (attempt {})",
+                        agent.config.relay, backoff.attempts());
+                } else {
+                    tracing::debug!(attempt = backoff.attempts(), "still cannot reach relay: {cause}");
+                }
+                (delay, cause)
+            }
+            Ended::Rejected(reason, detail) => {
+                let delay = backoff.next_delay().max(Duration::from_secs(if reason.is_permanent() { 30 } else { 1 }));
+                let cause = format!("{reason}: {detail}");
+                if cause != last_cause {
+                    tracing::error!("relay refused this agent: {cause}; retrying every {}s in case the relay's settings change",
+                        delay.as_secs());
+                }
+                agent.status.send_replace(Status::Rejected { reason, detail });
+                last_cause = cause;
+                if sleep_or_shutdown(delay, &shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        agent.status.send_replace(Status::Connecting {
+            attempt: backoff.attempts(),
+            last_error: Some(cause.clone()),
+        });
+        last_cause = cause;
+        if sleep_or_shutdown(delay, &shutdown).await {
+            tracing::info!("agent stopped");
+            return Ok(());
+        }
+    }
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+async fn resolve_relay(relay: &str) -> Result<(SocketAddr, String), String> {
+    let (host, _) = split_host_port(relay).ok_or("relay: expected HOST:PORT")?;
+    let addr = tokio::net::lookup_host(relay)
+        .await
+        .map_err(|e| format!("cannot resolve {relay}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{relay} resolves to no address"))?;
+    Ok((addr, host))
+}
+
+/// Dial, register, serve until the session ends.
+async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Ended {
+    let cfg = &agent.config;
+    let (addr, host) = match resolve_relay(&cfg.relay).await {
+        Ok(a) => a,
+        Err(e) => return Ended::Failed(e),
+    };
+    let server_name = cfg.server_name.clone().unwrap_or(host);
+    let client = match quic::client_config(agent.tls.clone(), &cfg.quic.settings()) {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(e.to_string()),
+    };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().unwrap_or(addr)
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    let endpoint = match quinn::Endpoint::client(bind) {
+        Ok(e) => e,
+        Err(e) => return Ended::Failed(format!("cannot open a UDP socket: {e}")),
+    };
+    let connecting = match endpoint.connect_with(client, addr, &server_name) {
+        Ok(c) => c,
+        Err(e) => return Ended::Failed(format!("cannot dial {addr}: {e}")),
+    };
+    let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            if let Some(msg) = agent
+                .pinned
+                .as_ref()
+                .and_then(|p| p.mismatch.lock().unwrap_or_else(|e| e.into_inner()).take())
+            {
+                return Ended::Failed(msg);
+            }
+            return Ended::Failed(format!("QUIC handshake with {addr} failed: {}", TransportError::from(e)));
+        }
+        Err(_) => {
+            return Ended::Failed(format!(
+                "no QUIC answer from {addr} within {:?} (relay down, or UDP blocked on this network?)",
+                cfg.connect_timeout
+            ))
+        }
+    };
+    let conn: Connection = Arc::new(QuicConnection(conn));
+    let ended = serve(agent, conn.clone(), shutdown).await;
+    // Let close frames go out before the socket is dropped.
+    let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
+    ended
+}
+
+async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Ended {
+    let cfg = &agent.config;
+    let hello = Hello {
+        version: CONTROL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        token: agent.token.clone(),
+        tunnels: agent.tunnels.iter().map(|t| t.spec.clone()).collect(),
+    };
+    let registered = tokio::time::timeout(cfg.connect_timeout, async {
+        let mut ctrl = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut ctrl.send, &Control::Hello(hello))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = read_frame::<_, Control>(&mut ctrl.recv).await;
+        Ok::<_, String>((ctrl, reply))
+    })
+    .await;
+    let (ctrl, welcome) = match registered {
+        Err(_) => return Ended::Failed("relay did not answer the Hello in time".into()),
+        Ok(Err(e)) => return Ended::Failed(format!("registering with the relay: {e}")),
+        Ok(Ok((_, Ok(Some(Control::Reject(r)))))) => {
+            conn.close(codes::CLOSE_NORMAL, "rejected");
+            return Ended::Rejected(r.reason, r.detail);
+        }
+        Ok(Ok((ctrl, Ok(Some(Control::Welcome(w)))))) => (ctrl, w),
+        Ok(Ok((_, Ok(other)))) => {
+            conn.close(codes::CLOSE_PROTOCOL, "expected Welcome");
+            return Ended::Failed(format!("relay answered the Hello with {other:?}"));
+        }
+        Ok(Ok((_, Err(e)))) => return Ended::Failed(format!("registering with the relay: {e}")),
+    };
+    let public: Vec<(String, String)> = welcome
+        .tunnels
+        .iter()
+        .filter_map(|a| {
+            let t = agent.tunnels.iter().find(|t| t.spec.id == a.id)?;
+            Some((t.spec.name.clone(), a.public.clone()))
+        })
+        .collect();
+    let span = tracing::info_span!("session", agent = %welcome.agent, session = welcome.session);
+    for (name, url) in &public {
+        let target = agent.tunnels.iter().find(|t| &t.spec.name == name).map(|t| t.target);
+        span.in_scope(|| tracing::info!(tunnel = %name, "tunnel up: {url} -> {}", target.map(|t| t.to_string()).unwrap_or_default()));
+    }
+    span.in_scope(|| tracing::info!(transport = %conn.kind(), relay = %conn.remote_addr(), "connected to relay"));
+    agent.status.send_replace(Status::Connected {
+        session: welcome.session,
+        transport: conn.kind(),
+        public,
+    });
+    let started = Instant::now();
+    let tasks = TaskTracker::new();
+    let ended = serve_streams(agent, &conn, ctrl, shutdown, &tasks)
+        .instrument(span)
+        .await;
+    tasks.close();
+    match ended {
+        None => {
+            conn.close(codes::CLOSE_NORMAL, "agent stopping");
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+            Ended::Shutdown
+        }
+        Some(err) => {
+            let replaced = matches!(&err, TransportError::ClosedByPeer { code, .. } if *code == u64::from(codes::CLOSE_REPLACED));
+            Ended::Lost {
+                cause: err.to_string(),
+                healthy: started.elapsed() >= HEALTHY,
+                replaced,
+            }
+        }
+    }
+}
+
+/// Accept data streams until the connection ends (`Some(why)`) or we shut down (`None`).
+async fn serve_streams(
+    agent: &Arc<Agent>,
+    conn: &Connection,
+    mut ctrl: BiStream,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Option<TransportError> {
+    // The control reader lives across loop iterations: read_frame is not cancel-safe.
+    let control = async {
+        loop {
+            match read_frame::<_, Control>(&mut ctrl.recv).await {
+                Ok(Some(Control::GoAway(g))) => {
+                    tracing::info!("relay is going away ({}); finishing open connections, then reconnecting", g.reason);
+                }
+                Ok(Some(Control::Ping(v))) => {
+                    let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
+                }
+                Ok(Some(Control::Pong(_))) => {}
+                Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("bad control frame from relay: {e}");
+                    conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(control);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = &mut control => {}
+            s = conn.accept_bi() => match s {
+                Ok(stream) => {
+                    let span = tracing::debug_span!("stream", stream.id = stream.send.id());
+                    tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream).instrument(span));
+                }
+                Err(e) => return Some(e),
+            },
+        }
+    }
+}
+
+/// One relay-opened stream: read its header, check the tunnel against our own config,
+/// connect to that tunnel's pinned target, then copy bytes.
+async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut stream: BiStream) {
+    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StreamOpen>(&mut stream.recv)).await {
+        Ok(Ok(Some(o))) => o,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!("bad stream header from relay: {e}");
+            stream.send.reset(codes::RESET_PROTOCOL);
+            stream.recv.stop(codes::RESET_PROTOCOL);
+            return;
+        }
+        Err(_) => {
+            stream.send.reset(codes::RESET_PROTOCOL);
+            return;
+        }
+    };
+    // Checked on every stream, never once per session: the relay is not trusted to pick targets.
+    let Some(tunnel) = tunnels.iter().find(|t| t.spec.id == open.tunnel) else {
+        tracing::warn!(tunnel.id = open.tunnel, "relay asked for a tunnel this agent does not have; refused");
+        let _ = fail(&mut stream, StreamErrorKind::UnknownTunnel, format!("no tunnel with id {}", open.tunnel)).await;
+        return;
+    };
+    if tunnel.spec.kind != TunnelKind::Tcp {
+        let _ = fail(&mut stream, StreamErrorKind::UnknownTunnel, format!("tunnel `{}` is not a tcp tunnel", tunnel.spec.name)).await;
+        return;
+    }
+    let span = tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);
+    async {
+        let mut sock = match tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    StreamErrorKind::Refused
+                } else {
+                    StreamErrorKind::Unreachable
+                };
+                tracing::warn!("target {} of tunnel `{}`: {e}", tunnel.target, tunnel.spec.name);
+                let _ = fail(&mut stream, kind, e.to_string()).await;
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("target {} of tunnel `{}` did not answer within {connect_timeout:?}", tunnel.target, tunnel.spec.name);
+                let _ = fail(&mut stream, StreamErrorKind::Timeout, format!("no answer within {connect_timeout:?}")).await;
+                return;
+            }
+        };
+        if tunnel.proxy_v2 {
+            let header = proxy::v2_header(open.visitor, open.server, proxy::Transport::Stream);
+            if let Err(e) = sock.write_all(&header).await {
+                tracing::debug!("writing PROXY header: {e}");
+                return;
+            }
+        }
+        if write_frame(&mut stream.send, &StreamReply::Connected).await.is_err() {
+            return;
+        }
+        match splice(sock, stream).await {
+            Ok(s) => tracing::debug!(up = s.stream_to_tcp, down = s.tcp_to_stream, "connection done"),
+            Err(e) => tracing::debug!("connection aborted: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn fail(stream: &mut BiStream, kind: StreamErrorKind, detail: String) -> std::io::Result<()> {
+    write_frame(&mut stream.send, &StreamReply::Failed(StreamError { kind, detail })).await?;
+    stream.send.shutdown().await
+}

@@ -1,0 +1,241 @@
+//! `relay.toml`: serde structs with `deny_unknown_fields`, defaults in named functions, then
+//! one [`RelayConfig::validate`] pass.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::RelayError;
+
+/// The relay's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Public domain: http tunnels get `NAME.DOMAIN`; the audience of agent tokens.
+    pub domain: String,
+    /// Keys, self-signed certificate, revocations.
+    pub data_dir: PathBuf,
+    /// Listen addresses.
+    #[serde(default)]
+    pub listen: ListenConfig,
+    /// Certificate files (default: a self-signed certificate kept in `data_dir`).
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Agent authentication.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// QUIC transport tuning.
+    #[serde(default)]
+    pub quic: QuicConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// UDP address agents dial with QUIC.
+    #[serde(default = "default_quic")]
+    pub quic: SocketAddr,
+    /// IP address on which tcp/udp tunnel ports open.
+    #[serde(default = "default_tunnels")]
+    pub tunnels: IpAddr,
+}
+
+fn default_quic() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 443))
+}
+fn default_tunnels() -> IpAddr {
+    IpAddr::from([0, 0, 0, 0])
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            quic: default_quic(),
+            tunnels: default_tunnels(),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Ed25519 key that signs agent tokens (default `DATA_DIR/relay.key`, created 0600).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time an agent has to finish the QUIC handshake and send its Hello.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time the agent has to connect to its target and answer a new stream.
+    #[serde(default = "default_stream_open_timeout", with = "humantime_serde")]
+    pub stream_open_timeout: Duration,
+    /// Open visitor connections per tunnel; more are refused.
+    #[serde(default = "default_connections_per_tunnel")]
+    pub connections_per_tunnel: usize,
+    /// On shutdown, how long in-flight connections may finish.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_stream_open_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_connections_per_tunnel() -> usize {
+    4096
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            handshake_timeout: default_handshake_timeout(),
+            stream_open_timeout: default_stream_open_timeout(),
+            connections_per_tunnel: default_connections_per_tunnel(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// `[quic]` transport tuning; see `proto::transport::quic::QuicSettings` for the reasoning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Keep-alive interval.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Idle timeout.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Per-stream receive window in bytes.
+    #[serde(default = "default_stream_window")]
+    pub stream_window: u32,
+    /// Per-connection receive window in bytes.
+    #[serde(default = "default_receive_window")]
+    pub receive_window: u32,
+}
+
+fn default_keep_alive() -> Duration {
+    proto::transport::quic::QuicSettings::relay().keep_alive
+}
+fn default_idle_timeout() -> Duration {
+    proto::transport::quic::QuicSettings::relay().idle_timeout
+}
+fn default_stream_window() -> u32 {
+    proto::transport::quic::QuicSettings::relay().stream_window
+}
+fn default_receive_window() -> u32 {
+    proto::transport::quic::QuicSettings::relay().receive_window
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            keep_alive: default_keep_alive(),
+            idle_timeout: default_idle_timeout(),
+            stream_window: default_stream_window(),
+            receive_window: default_receive_window(),
+        }
+    }
+}
+
+impl QuicConfig {
+    pub(crate) fn settings(&self) -> proto::transport::quic::QuicSettings {
+        proto::transport::quic::QuicSettings {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+            stream_window: self.stream_window,
+            receive_window: self.receive_window,
+            ..proto::transport::quic::QuicSettings::relay()
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Parse TOML text. The error keeps its span so the caller can name file, line and key.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// A loopback relay for trying things out: QUIC on 127.0.0.1:4443, tunnel ports on
+    /// 127.0.0.1, domain `localhost`, self-signed certificate.
+    pub fn dev(data_dir: PathBuf) -> Self {
+        RelayConfig {
+            domain: "localhost".into(),
+            data_dir,
+            listen: ListenConfig {
+                quic: SocketAddr::from(([127, 0, 0, 1], 4443)),
+                tunnels: IpAddr::from([127, 0, 0, 1]),
+            },
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            quic: QuicConfig::default(),
+        }
+    }
+
+    /// Checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), RelayError> {
+        let bad = |key: &str, msg: &str| Err(RelayError::Config(format!("{key}: {msg}")));
+        let domain = self.domain.trim_end_matches('.');
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return bad("domain", "must be a DNS name like relay.example.com");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls", "set both cert and key, or neither");
+        }
+        if self.quic.keep_alive >= self.quic.idle_timeout {
+            return bad("quic.keep_alive", "must be shorter than quic.idle_timeout");
+        }
+        if self.quic.stream_window < 64 * 1024 || self.quic.receive_window < self.quic.stream_window
+        {
+            return bad(
+                "quic.stream_window",
+                "must be at least 65536 and at most quic.receive_window",
+            );
+        }
+        if self.limits.connections_per_tunnel == 0 {
+            return bad("limits.connections_per_tunnel", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Path of the token signing key.
+    pub fn key_file(&self) -> PathBuf {
+        self.auth
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("relay.key"))
+    }
+}

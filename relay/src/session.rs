@@ -1,0 +1,320 @@
+//! One agent connection: handshake, authorization, tunnel registration, control loop.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use proto::{
+    codes,
+    control::CONTROL_VERSION,
+    transport::{quic::QuicConnection, read_frame, write_frame, BiStream, Connection},
+    Assigned, Control, GoAway, Hello, Reject, RejectReason, TunnelKind, Welcome,
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{registry::SessionInfo, tcp_tunnel, token::TokenError, Claims, Shared};
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// How long a replaced session gets to release its ports before the new one binds them.
+const REPLACE_WAIT: Duration = Duration::from_secs(2);
+
+/// A validated tunnel with its public port bound.
+pub(crate) struct Bound {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    pub(crate) listener: TcpListener,
+    pub(crate) public: String,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Reject {
+    Reject {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Accept one QUIC connection and run the agent session on it to the end.
+pub(crate) async fn handle_incoming(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    shutdown: CancellationToken,
+) {
+    let limit = shared.config.limits.handshake_timeout;
+    let conn = match tokio::time::timeout(limit, async { incoming.accept()?.await }).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!("agent handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("agent handshake timed out");
+            return;
+        }
+    };
+    let conn: Connection = Arc::new(QuicConnection(conn));
+    let hello = tokio::time::timeout(limit, async {
+        let mut ctrl = conn.accept_bi().await.ok()?;
+        match read_frame::<_, Control>(&mut ctrl.recv).await {
+            Ok(Some(Control::Hello(h))) => Some((ctrl, h)),
+            Ok(other) => {
+                tracing::debug!("first control frame was not Hello: {other:?}");
+                None
+            }
+            Err(e) => {
+                tracing::debug!("bad Hello: {e}");
+                None
+            }
+        }
+    })
+    .await;
+    let Ok(Some((mut ctrl, hello))) = hello else {
+        conn.close(codes::CLOSE_PROTOCOL, "expected Hello on the control stream");
+        return;
+    };
+
+    let claims = match authorize(&shared, &hello) {
+        Ok(c) => c,
+        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+    };
+    let span = tracing::info_span!("session", agent = %claims.sub);
+    run_session(shared, conn, ctrl, hello, claims, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn send_reject(conn: &Connection, ctrl: &mut BiStream, r: Reject) {
+    tracing::warn!("agent rejected: {}: {}", r.reason, r.detail);
+    let _ = write_frame(&mut ctrl.send, &Control::Reject(r)).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut ctrl.send).await;
+    // Let the Reject reach the agent (it closes on reading it) before closing ourselves.
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+    conn.close(codes::CLOSE_REJECTED, "rejected");
+}
+
+/// Check the Hello against the token and this relay's rules.
+fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
+    if hello.version != CONTROL_VERSION {
+        return Err(reject(
+            RejectReason::Version,
+            format!(
+                "agent speaks control version {}, relay speaks {CONTROL_VERSION}: upgrade the older side",
+                hello.version
+            ),
+        ));
+    }
+    let claims = shared
+        .keys
+        .verify(hello.token.expose(), SystemTime::now())
+        .map_err(|e| match e {
+            TokenError::Expired(_) => reject(RejectReason::Expired, e.to_string()),
+            TokenError::Revoked(_) => reject(RejectReason::Revoked, e.to_string()),
+            TokenError::Invalid(_) => reject(RejectReason::BadToken, e.to_string()),
+        })?;
+    if shared.revocations.contains(&claims.jti) {
+        return Err(reject(
+            RejectReason::Revoked,
+            format!("token {} was revoked", claims.jti),
+        ));
+    }
+    let mut ids = HashSet::new();
+    let mut ports = HashSet::new();
+    for t in &hello.tunnels {
+        if !ids.insert(t.id) {
+            return Err(reject(RejectReason::BadTunnel, format!("duplicate tunnel id {}", t.id)));
+        }
+        match t.kind {
+            TunnelKind::Tcp | TunnelKind::Udp => {
+                let Some(port) = t.remote_port.filter(|&p| p != 0) else {
+                    return Err(reject(
+                        RejectReason::BadTunnel,
+                        format!("{} tunnel `{}` needs a remote_port", t.kind, t.name),
+                    ));
+                };
+                let allowed = if t.kind == TunnelKind::Tcp {
+                    claims.allows_tcp(port)
+                } else {
+                    claims.allows_udp(port)
+                };
+                if !allowed {
+                    return Err(reject(
+                        RejectReason::PortNotAllowed,
+                        format!("{} port {port} (tunnel `{}`) is not in the token", t.kind, t.name),
+                    ));
+                }
+                if !ports.insert((t.kind == TunnelKind::Tcp, port)) {
+                    return Err(reject(
+                        RejectReason::BadTunnel,
+                        format!("{} port {port} asked for twice", t.kind),
+                    ));
+                }
+            }
+            TunnelKind::Http => {
+                let host = t
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.{}", t.name, shared.config.domain));
+                if !claims.allows_host(&host) {
+                    return Err(reject(
+                        RejectReason::HostnameNotAllowed,
+                        format!("hostname {host} (tunnel `{}`) is not in the token", t.name),
+                    ));
+                }
+            }
+        }
+        if t.kind != TunnelKind::Tcp {
+            return Err(reject(
+                RejectReason::BadTunnel,
+                format!(
+                    "{} tunnel `{}`: this relay version serves tcp tunnels only",
+                    t.kind, t.name
+                ),
+            ));
+        }
+    }
+    Ok(claims)
+}
+
+async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reject> {
+    let mut out = Vec::new();
+    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Tcp) {
+        let port = t.remote_port.unwrap_or_default();
+        let addr = SocketAddr::new(shared.config.listen.tunnels, port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            reject(
+                RejectReason::InUse,
+                format!("cannot listen on tcp {addr} for tunnel `{}`: {e}", t.name),
+            )
+        })?;
+        out.push(Bound {
+            id: t.id,
+            name: t.name.clone(),
+            listener,
+            public: format!("tcp://{}:{port}", shared.config.domain),
+        });
+    }
+    Ok(out)
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    conn: Connection,
+    mut ctrl: BiStream,
+    hello: Hello,
+    claims: Claims,
+    shutdown: CancellationToken,
+) {
+    // Replace an older session of the same agent: close it and wait (bounded) until it has
+    // released its ports, so ours can bind them.
+    if let Some(old) = shared.registry.take(&claims.sub) {
+        tracing::info!(old_session = old.id, "replacing the previous session of this agent");
+        old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
+        old.tasks.close();
+        if tokio::time::timeout(REPLACE_WAIT, old.tasks.wait()).await.is_err() {
+            tracing::warn!(old_session = old.id, "previous session slow to release its tunnels");
+        }
+    }
+    let bound = match bind_tunnels(&shared, &hello).await {
+        Ok(b) => b,
+        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+    };
+    let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let welcome = Welcome {
+        session: id,
+        agent: claims.sub.clone(),
+        tunnels: bound
+            .iter()
+            .map(|b| Assigned {
+                id: b.id,
+                public: b.public.clone(),
+            })
+            .collect(),
+    };
+    if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(welcome)).await {
+        tracing::debug!("agent left before Welcome: {e}");
+        return;
+    }
+    let tasks = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    let public: Vec<String> = bound.iter().map(|b| format!("{} -> {}", b.public, b.name)).collect();
+    tracing::info!(
+        session = id,
+        transport = %conn.kind(),
+        remote = %conn.remote_addr(),
+        version = %hello.agent_version,
+        "agent connected; tunnels: {}",
+        if public.is_empty() { "none".to_string() } else { public.join(", ") }
+    );
+    shared.registry.insert(SessionInfo {
+        id,
+        agent: claims.sub.clone(),
+        jti: claims.jti.clone(),
+        exp: claims.exp,
+        public,
+        since: SystemTime::now(),
+        conn: conn.clone(),
+        tasks: tasks.clone(),
+    });
+    for b in bound {
+        let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
+        tasks.spawn(
+            tcp_tunnel::serve(shared.clone(), b, conn.clone(), cancel.clone(), tasks.clone())
+                .instrument(span),
+        );
+    }
+
+    let ended = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = write_frame(&mut ctrl.send, &Control::GoAway(GoAway {
+                    reason: "relay shutting down".into(),
+                    reconnect_after_ms: 0,
+                })).await;
+                cancel.cancel();
+                tasks.close();
+                let grace = shared.config.limits.shutdown_grace;
+                if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                    tracing::info!("cutting connections still open after the {grace:?} grace period");
+                }
+                conn.close(codes::CLOSE_SHUTDOWN, "relay shutting down");
+                break "relay shutting down".to_string();
+            }
+            e = conn.closed() => break e.to_string(),
+            msg = read_frame::<_, Control>(&mut ctrl.recv) => match msg {
+                Ok(Some(Control::Ping(v))) => {
+                    let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
+                }
+                Ok(Some(Control::Pong(_))) => {}
+                Ok(Some(Control::TunnelUpdate(_))) => {
+                    tracing::warn!("agent sent a tunnel update; this relay applies tunnel changes on reconnect only");
+                }
+                Ok(Some(other)) => {
+                    tracing::warn!("unexpected control message from agent: {other:?}");
+                    conn.close(codes::CLOSE_PROTOCOL, "unexpected control message");
+                    break "protocol error".into();
+                }
+                Ok(None) => {
+                    conn.close(codes::CLOSE_NORMAL, "control stream closed");
+                    break "agent closed its control stream".into();
+                }
+                Err(e) => {
+                    conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
+                    break format!("bad control frame: {e}");
+                }
+            },
+        }
+    };
+    cancel.cancel();
+    tasks.close();
+    shared.registry.remove_if(&claims.sub, id);
+    tracing::info!(session = id, "agent disconnected: {ended}");
+    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+}

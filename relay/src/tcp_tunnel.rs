@@ -1,0 +1,95 @@
+//! Public TCP ports: each visitor connection becomes one stream to the agent.
+
+use std::{sync::Arc, time::Duration};
+
+use proto::{
+    transport::{read_frame, splice, write_frame, Connection},
+    StreamKind, StreamOpen, StreamReply,
+};
+use tokio::{net::TcpStream, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::{session::Bound, Shared};
+
+/// Accept visitors on one tunnel's port until `cancel` fires.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    bound: Bound,
+    conn: Connection,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(shared.config.limits.connections_per_tunnel));
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = bound.listener.accept() => a,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: keep accepting after a pause.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(visitor.addr = %peer, "connection limit reached for this tunnel; refusing");
+            continue;
+        };
+        let span = tracing::debug_span!("visitor", visitor.addr = %peer);
+        let conn = conn.clone();
+        let shared = shared.clone();
+        let tunnel = bound.id;
+        tasks.spawn(
+            async move {
+                visitor(&shared, conn, tunnel, sock).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream) {
+    let (Ok(visitor), Ok(server)) = (sock.peer_addr(), sock.local_addr()) else {
+        return;
+    };
+    let open_timeout = shared.config.limits.stream_open_timeout;
+    let opened = tokio::time::timeout(open_timeout, async {
+        let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
+        let open = StreamOpen {
+            tunnel,
+            visitor,
+            server,
+            kind: StreamKind::Tcp,
+        };
+        write_frame(&mut stream.send, &open)
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_frame::<_, StreamReply>(&mut stream.recv).await {
+            Ok(Some(StreamReply::Connected)) => Ok(stream),
+            Ok(Some(StreamReply::Failed(e))) => Err(e.to_string()),
+            Ok(None) => Err("agent closed the stream".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let stream = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!("visitor connection closed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("visitor connection closed: agent did not answer within {open_timeout:?}");
+            return;
+        }
+    };
+    match splice(sock, stream).await {
+        Ok(s) => tracing::debug!(up = s.tcp_to_stream, down = s.stream_to_tcp, "visitor connection done"),
+        Err(e) => tracing::debug!("visitor connection aborted: {e}"),
+    }
+}

@@ -1,0 +1,132 @@
+//! Command-line interface (clap derive). Names here are part of the interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Periscope: your recorder at a public https hostname, no router configuration.
+#[derive(Debug, Parser)]
+#[command(name = "periscope", version, about)]
+pub struct Cli {
+    /// Log format: text or json. Filter with PERISCOPE_LOG (e.g. `debug`, `info,periscope_relay=debug`).
+    #[arg(long, global = true, default_value = "text", env = "PERISCOPE_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (on the VPS).
+    Relay(RelayArgs),
+    /// Run the agent (next to the recorder).
+    Agent(AgentArgs),
+    /// Issue or revoke agent tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Validate a relay.toml or agent.toml and print the effective settings.
+    Check {
+        /// The file to check.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// `periscope relay`
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// relay.toml
+    #[arg(long, short, env = "PERISCOPE_CONFIG", required_unless_present = "dev")]
+    pub config: Option<PathBuf>,
+    /// Development mode: loopback only, self-signed certificate, data in ./periscope-dev-data;
+    /// prints a ready-to-paste agent command.
+    #[arg(long)]
+    pub dev: bool,
+    /// Override `data_dir`.
+    #[arg(long, env = "PERISCOPE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override `listen.quic`.
+    #[arg(long, env = "PERISCOPE_LISTEN_QUIC")]
+    pub quic: Option<std::net::SocketAddr>,
+}
+
+/// `periscope agent`
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// agent.toml (flags below override its values).
+    #[arg(long, short, env = "PERISCOPE_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Relay address, HOST:PORT.
+    #[arg(long, env = "PERISCOPE_RELAY")]
+    pub relay: Option<String>,
+    /// Agent token.
+    #[arg(long, env = "PERISCOPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the agent token.
+    #[arg(long, env = "PERISCOPE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Pin the relay certificate: sha256:HEX as printed by the relay.
+    #[arg(long, env = "PERISCOPE_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Trust this CA file (PEM) for the relay's certificate.
+    #[arg(long, env = "PERISCOPE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the relay's certificate.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// TCP tunnel NAME=HOST:PORT:REMOTEPORT, e.g. ssh=127.0.0.1:22:2222 (repeatable).
+    #[arg(long = "tcp", value_name = "NAME=ADDR:REMOTEPORT")]
+    pub tcp: Vec<String>,
+    /// HTTP tunnel NAME=HOST:PORT (repeatable).
+    #[arg(long = "http", value_name = "NAME=ADDR")]
+    pub http: Vec<String>,
+    /// UDP tunnel NAME=HOST:PORT:REMOTEPORT (repeatable).
+    #[arg(long = "udp", value_name = "NAME=ADDR:REMOTEPORT")]
+    pub udp: Vec<String>,
+}
+
+/// `periscope token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new agent token.
+    Issue {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Agent name (lowercase letters, digits, dashes).
+        #[arg(long)]
+        agent: String,
+        /// Hostname the agent may publish; `*.DOMAIN` patterns allowed (repeatable).
+        /// Default: `AGENT.DOMAIN`.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// TCP port or range the agent may open, e.g. 2222 or 8000-8100 (repeatable).
+        #[arg(long = "tcp-port")]
+        tcp_ports: Vec<String>,
+        /// UDP port or range the agent may open (repeatable).
+        #[arg(long = "udp-port")]
+        udp_ports: Vec<String>,
+        /// Lifetime, e.g. 90d, 12h.
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+    },
+    /// Revoke a token by its id (jti); a connected agent using it is disconnected.
+    Revoke {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// The token id.
+        jti: String,
+    },
+}
+
+/// Which relay a token command acts on.
+#[derive(Debug, Args)]
+pub struct RelayRef {
+    /// relay.toml
+    #[arg(long, short, env = "PERISCOPE_CONFIG", required_unless_present = "dev")]
+    pub config: Option<PathBuf>,
+    /// The `periscope relay --dev` relay.
+    #[arg(long)]
+    pub dev: bool,
+}

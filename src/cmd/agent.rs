@@ -1,0 +1,97 @@
+//! `periscope agent`
+
+use anyhow::Context;
+use agent::{
+    config::{Kind, TunnelConfig},
+    Agent, AgentConfig,
+};
+
+use crate::cli::AgentArgs;
+
+/// Parse `NAME=HOST:PORT` (http) or `NAME=HOST:PORT:REMOTEPORT` (tcp/udp).
+pub fn parse_tunnel(kind: Kind, spec: &str) -> anyhow::Result<TunnelConfig> {
+    let (name, rest) = spec
+        .split_once('=')
+        .with_context(|| format!("`{spec}`: expected NAME=ADDR"))?;
+    let (target, remote_port) = match kind {
+        Kind::Http => (rest.to_string(), None),
+        Kind::Tcp | Kind::Udp => {
+            let (target, port) = rest
+                .rsplit_once(':')
+                .with_context(|| format!("`{spec}`: expected NAME=HOST:PORT:REMOTEPORT"))?;
+            let port: u16 = port
+                .parse()
+                .with_context(|| format!("`{spec}`: `{port}` is not a port"))?;
+            (target.to_string(), Some(port))
+        }
+    };
+    Ok(TunnelConfig {
+        name: name.to_string(),
+        kind,
+        target,
+        remote_port,
+        hostname: None,
+        proxy_protocol: None,
+    })
+}
+
+/// Build the agent config from the file (if any) and flags; flags win.
+pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => crate::config_file::load_agent(path)?,
+        None => AgentConfig {
+            relay: String::new(),
+            token: None,
+            token_file: None,
+            fingerprint: None,
+            ca_file: None,
+            server_name: None,
+            transport: Default::default(),
+            connect_timeout: std::time::Duration::from_secs(10),
+            quic: Default::default(),
+            tunnels: Vec::new(),
+        },
+    };
+    if let Some(r) = &args.relay {
+        cfg.relay = r.clone();
+    }
+    if let Some(t) = &args.token {
+        cfg.token = Some(proto::Secret::new(t.clone()));
+        cfg.token_file = None;
+    }
+    if let Some(t) = &args.token_file {
+        cfg.token_file = Some(t.clone());
+        cfg.token = None;
+    }
+    if let Some(f) = &args.fingerprint {
+        cfg.fingerprint = Some(f.clone());
+        cfg.ca_file = None;
+    }
+    if let Some(c) = &args.ca_file {
+        cfg.ca_file = Some(c.clone());
+        cfg.fingerprint = None;
+    }
+    if let Some(s) = &args.server_name {
+        cfg.server_name = Some(s.clone());
+    }
+    for (kind, specs) in [(Kind::Tcp, &args.tcp), (Kind::Http, &args.http), (Kind::Udp, &args.udp)] {
+        for s in specs {
+            let t = parse_tunnel(kind, s)?;
+            cfg.tunnels.retain(|x| x.name != t.name);
+            cfg.tunnels.push(t);
+        }
+    }
+    if cfg.relay.is_empty() {
+        anyhow::bail!("no relay given: use --relay HOST:PORT or --config agent.toml");
+    }
+    Ok(cfg)
+}
+
+/// Run the agent until SIGINT/SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let cfg = config_from(&args)?;
+    let shutdown = crate::signal::shutdown_token()?;
+    let agent = Agent::new(cfg).await.context("starting the agent")?;
+    agent.run(shutdown).await?;
+    Ok(())
+}

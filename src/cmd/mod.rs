@@ -1,0 +1,18 @@
+//! The subcommands.
+
+pub mod agent;
+pub mod check;
+pub mod relay;
+pub mod token;
+
+use crate::cli::{Cli, Command};
+
+/// Run the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Relay(args) => relay::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
+        Command::Token(cmd) => token::run(cmd),
+        Command::Check { config } => check::run(&config),
+    }
+}

@@ -1,0 +1,78 @@
+//! `periscope relay`
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use relay::{IssueRequest, Relay, RelayConfig};
+
+use crate::cli::{RelayArgs, RelayRef};
+
+/// Data directory of `--dev`.
+pub const DEV_DATA_DIR: &str = "periscope-dev-data";
+
+/// The config a relay command acts on: `--config FILE` or `--dev`.
+pub fn config_of(config: Option<&PathBuf>, dev: bool) -> anyhow::Result<RelayConfig> {
+    match (config, dev) {
+        (Some(path), _) => crate::config_file::load_relay(path),
+        (None, true) => Ok(RelayConfig::dev(PathBuf::from(DEV_DATA_DIR))),
+        (None, false) => anyhow::bail!("give --config relay.toml (or --dev)"),
+    }
+}
+
+/// Same, for token commands.
+pub fn config_of_ref(r: &RelayRef) -> anyhow::Result<RelayConfig> {
+    config_of(r.config.as_ref(), r.dev)
+}
+
+/// Run the relay until SIGINT/SIGTERM.
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let mut config = config_of(args.config.as_ref(), args.dev)?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(q) = args.quic {
+        config.listen.quic = q;
+    }
+    let shutdown = crate::signal::shutdown_token()?;
+    let relay = Relay::bind(config.clone())
+        .await
+        .context("starting the relay")?;
+    if args.dev {
+        print_dev_banner(&relay, &config)?;
+    } else {
+        eprintln!(
+            "relay listening on {} (QUIC); certificate fingerprint {}",
+            relay.quic_addr(),
+            relay.fingerprint()
+        );
+    }
+    relay.run(shutdown).await?;
+    Ok(())
+}
+
+fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
+    let (token, claims) = relay.keys().issue(
+        &IssueRequest {
+            agent: "dev".into(),
+            hosts: vec![format!("*.{}", config.domain)],
+            tcp_ports: vec!["1024-65535".parse().map_err(anyhow::Error::msg)?],
+            udp_ports: vec!["1024-65535".parse().map_err(anyhow::Error::msg)?],
+            ttl: Duration::from_secs(30 * 86400),
+        },
+        std::time::SystemTime::now(),
+    )?;
+    let exe = std::env::args().next().unwrap_or_else(|| "periscope".into());
+    eprintln!(
+        "\nperiscope relay (dev mode) on {quic} (QUIC, loopback only)\n\
+         data directory: {data}\n\
+         certificate fingerprint: {fp}\n\n\
+         Run an agent (token for agent \"dev\", tcp/udp ports 1024-65535, valid 30 days, id {jti}):\n\n  \
+         {exe} agent --relay {quic} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
+         then: ssh -p 2222 127.0.0.1\n",
+        quic = relay.quic_addr(),
+        data = config.data_dir.display(),
+        fp = relay.fingerprint(),
+        jti = claims.jti,
+    );
+    Ok(())
+}
