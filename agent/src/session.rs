@@ -12,7 +12,7 @@ use proto::{
     proxy,
     transport::{
         quic::{self, QuicConnection},
-        read_frame, splice, write_frame, BiStream, Connection, TransportError,
+        read_frame, splice, write_frame, BiStream, Connection, FrameError, TransportError,
     },
     Control, Hello, RejectReason, StreamError, StreamErrorKind, StreamOpen, StreamReply,
     TunnelKind,
@@ -44,7 +44,7 @@ enum Ended {
 
 pub(crate) async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), crate::AgentError> {
     let agent = Arc::new(agent);
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(30));
     let mut last_cause = String::new();
     loop {
         let ended = tokio::select! {
@@ -267,7 +267,8 @@ async fn serve_streams(
                 }
                 Ok(Some(Control::Pong(_))) => {}
                 Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
-                Ok(None) => break,
+                // The connection itself ended: accept_bi reports why.
+                Ok(None) | Err(FrameError::Io(_)) => break,
                 Err(e) => {
                     tracing::warn!("bad control frame from relay: {e}");
                     conn.close(codes::CLOSE_PROTOCOL, "bad control frame");

@@ -53,7 +53,7 @@ impl std::fmt::Display for TransportKind {
 #[non_exhaustive]
 pub enum TransportError {
     /// The peer closed the connection with an application code.
-    #[error("closed by peer: {} (code {code}){}", crate::codes::close_name(*code), fmt_reason(reason))]
+    #[error("closed by peer: {} (code {code}){}", crate::codes::close_name(*code), fmt_reason(*code, reason))]
     ClosedByPeer {
         /// Close code from [`crate::codes`].
         code: u64,
@@ -77,8 +77,8 @@ pub enum TransportError {
     Datagram(String),
 }
 
-fn fmt_reason(r: &str) -> String {
-    if r.is_empty() {
+fn fmt_reason(code: u64, r: &str) -> String {
+    if r.is_empty() || r == crate::codes::close_name(code) {
         String::new()
     } else {
         format!(": {r}")

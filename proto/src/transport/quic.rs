@@ -136,9 +136,21 @@ pub fn client_config(
 /// Endpoint config whose stateless-reset key is `reset_key`. Persisting the key lets a
 /// restarted relay reset its predecessor's connections at once, so agents reconnect on their
 /// next packet instead of waiting for the idle timeout.
+///
+/// The connection-id generator's key is derived from the same secret: quinn only answers a
+/// packet with a reset when its connection id validates against the generator's key, which
+/// by default is random per process and would make every old id look forged.
 pub fn endpoint_config(reset_key: &[u8]) -> quinn::EndpointConfig {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
-    quinn::EndpointConfig::new(Arc::new(key))
+    let tag = ring::hmac::sign(&key, b"periscope connection id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
+    cfg.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    cfg
 }
 
 /// A QUIC connection as a [`Transport`].
