@@ -21,7 +21,6 @@ pub struct ConfigError {
     pub message: String,
 }
 
-
 /// Line and column (1-based) of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -136,7 +135,8 @@ mod tests {
 
     #[test]
     fn typo_names_line_key_and_suggestion() {
-        let text = "domain = \"x.example\"\ndata_dir = \"/tmp/x\"\n[listen]\nquik = \"127.0.0.1:1\"\n";
+        let text =
+            "domain = \"x.example\"\ndata_dir = \"/tmp/x\"\n[listen]\nquik = \"127.0.0.1:1\"\n";
         let e = RelayConfig::from_toml(text).unwrap_err();
         let ce = toml_error(Path::new("relay.toml"), text, &e);
         assert_eq!(ce.line, 4);

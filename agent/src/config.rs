@@ -178,7 +178,10 @@ impl AgentConfig {
     pub fn validate(&self) -> Result<(), AgentError> {
         let bad = |key: String, msg: &str| Err(AgentError::Config(format!("{key}: {msg}")));
         if split_host_port(&self.relay).is_none() {
-            return bad("relay".into(), "expected HOST:PORT, e.g. relay.example.com:443");
+            return bad(
+                "relay".into(),
+                "expected HOST:PORT, e.g. relay.example.com:443",
+            );
         }
         if self.token.is_some() == self.token_file.is_some() {
             return bad("token".into(), "set exactly one of token and token_file");
@@ -201,10 +204,16 @@ impl AgentConfig {
             );
         }
         if self.quic.keep_alive >= self.quic.idle_timeout {
-            return bad("quic.keep_alive".into(), "must be shorter than quic.idle_timeout");
+            return bad(
+                "quic.keep_alive".into(),
+                "must be shorter than quic.idle_timeout",
+            );
         }
         if self.tunnels.is_empty() {
-            return bad("tunnel".into(), "no tunnels configured: add at least one [[tunnel]]");
+            return bad(
+                "tunnel".into(),
+                "no tunnels configured: add at least one [[tunnel]]",
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, t) in self.tunnels.iter().enumerate() {
@@ -228,7 +237,10 @@ impl AgentConfig {
                     return bad(key("remote_port"), "tcp and udp tunnels need a remote_port");
                 }
                 Kind::Http if t.remote_port.is_some() => {
-                    return bad(key("remote_port"), "http tunnels are routed by hostname, not port");
+                    return bad(
+                        key("remote_port"),
+                        "http tunnels are routed by hostname, not port",
+                    );
                 }
                 _ => {}
             }

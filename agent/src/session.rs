@@ -35,14 +35,21 @@ enum Ended {
     /// We are shutting down.
     Shutdown,
     /// A session ran and then ended.
-    Lost { cause: String, healthy: bool, replaced: bool },
+    Lost {
+        cause: String,
+        healthy: bool,
+        replaced: bool,
+    },
     /// Could not connect or register.
     Failed(String),
     /// The relay refused us.
     Rejected(RejectReason, String),
 }
 
-pub(crate) async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(), crate::AgentError> {
+pub(crate) async fn run(
+    agent: Agent,
+    shutdown: CancellationToken,
+) -> Result<(), crate::AgentError> {
     let agent = Arc::new(agent);
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(30));
     let mut last_cause = String::new();
@@ -56,10 +63,16 @@ pub(crate) async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(),
                 tracing::info!("agent stopped");
                 return Ok(());
             }
-            Ended::Lost { cause, healthy, replaced } => {
+            Ended::Lost {
+                cause,
+                healthy,
+                replaced,
+            } => {
                 if replaced {
-                    tracing::warn!("another agent with this name connected and replaced this one; \
-                        two agents share a token? retrying in a while");
+                    tracing::warn!(
+                        "another agent with this name connected and replaced this one; \
+                        two agents share a token? retrying in a while"
+                    );
                     (Duration::from_secs(30), cause)
                 } else {
                     tracing::warn!("connection to relay lost: {cause}; reconnecting");
@@ -72,21 +85,36 @@ pub(crate) async fn run(agent: Agent, shutdown: CancellationToken) -> Result<(),
             Ended::Failed(cause) => {
                 let delay = backoff.next_delay();
                 if cause != last_cause {
-                    tracing::warn!("cannot reach relay {}: {cause}; retrying (attempt {})",
-                        agent.config.relay, backoff.attempts());
+                    tracing::warn!(
+                        "cannot reach relay {}: {cause}; retrying (attempt {})",
+                        agent.config.relay,
+                        backoff.attempts()
+                    );
                 } else {
-                    tracing::debug!(attempt = backoff.attempts(), "still cannot reach relay: {cause}");
+                    tracing::debug!(
+                        attempt = backoff.attempts(),
+                        "still cannot reach relay: {cause}"
+                    );
                 }
                 (delay, cause)
             }
             Ended::Rejected(reason, detail) => {
-                let delay = backoff.next_delay().max(Duration::from_secs(if reason.is_permanent() { 30 } else { 1 }));
+                let delay =
+                    backoff
+                        .next_delay()
+                        .max(Duration::from_secs(if reason.is_permanent() {
+                            30
+                        } else {
+                            1
+                        }));
                 let cause = format!("{reason}: {detail}");
                 if cause != last_cause {
                     tracing::error!("relay refused this agent: {cause}; retrying every {}s in case the relay's settings change",
                         delay.as_secs());
                 }
-                agent.status.send_replace(Status::Rejected { reason, detail });
+                agent
+                    .status
+                    .send_replace(Status::Rejected { reason, detail });
                 last_cause = cause;
                 if sleep_or_shutdown(delay, &shutdown).await {
                     return Ok(());
@@ -158,14 +186,15 @@ async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Ended {
             {
                 return Ended::Failed(msg);
             }
-            return Ended::Failed(format!("QUIC handshake with {addr} failed: {}", TransportError::from(e)));
-        }
-        Err(_) => {
             return Ended::Failed(format!(
-                "no QUIC answer from {addr} within {:?} (relay down, or UDP blocked on this network?)",
-                cfg.connect_timeout
-            ))
+                "QUIC handshake with {addr} failed: {}",
+                TransportError::from(e)
+            ));
         }
+        Err(_) => return Ended::Failed(format!(
+            "no QUIC answer from {addr} within {:?} (relay down, or UDP blocked on this network?)",
+            cfg.connect_timeout
+        )),
     };
     let conn: Connection = Arc::new(QuicConnection(conn));
     let ended = serve(agent, conn.clone(), shutdown).await;
@@ -215,7 +244,11 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         .collect();
     let span = tracing::info_span!("session", agent = %welcome.agent, session = welcome.session);
     for (name, url) in &public {
-        let target = agent.tunnels.iter().find(|t| &t.spec.name == name).map(|t| t.target);
+        let target = agent
+            .tunnels
+            .iter()
+            .find(|t| &t.spec.name == name)
+            .map(|t| t.target);
         span.in_scope(|| tracing::info!(tunnel = %name, "tunnel up: {url} -> {}", target.map(|t| t.to_string()).unwrap_or_default()));
     }
     span.in_scope(|| tracing::info!(transport = %conn.kind(), relay = %conn.remote_addr(), "connected to relay"));
@@ -260,7 +293,10 @@ async fn serve_streams(
         loop {
             match read_frame::<_, Control>(&mut ctrl.recv).await {
                 Ok(Some(Control::GoAway(g))) => {
-                    tracing::info!("relay is going away ({}); finishing open connections, then reconnecting", g.reason);
+                    tracing::info!(
+                        "relay is going away ({}); finishing open connections, then reconnecting",
+                        g.reason
+                    );
                 }
                 Ok(Some(Control::Ping(v))) => {
                     let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
@@ -297,50 +333,81 @@ async fn serve_streams(
 /// One relay-opened stream: read its header, check the tunnel against our own config,
 /// connect to that tunnel's pinned target, then copy bytes.
 async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut stream: BiStream) {
-    let open = match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StreamOpen>(&mut stream.recv)).await {
-        Ok(Ok(Some(o))) => o,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::warn!("bad stream header from relay: {e}");
-            stream.send.reset(codes::RESET_PROTOCOL);
-            stream.recv.stop(codes::RESET_PROTOCOL);
-            return;
-        }
-        Err(_) => {
-            stream.send.reset(codes::RESET_PROTOCOL);
-            return;
-        }
-    };
-    // Checked on every stream, never once per session: the relay is not trusted to pick targets.
-    let Some(tunnel) = tunnels.iter().find(|t| t.spec.id == open.tunnel) else {
-        tracing::warn!(tunnel.id = open.tunnel, "relay asked for a tunnel this agent does not have; refused");
-        let _ = fail(&mut stream, StreamErrorKind::UnknownTunnel, format!("no tunnel with id {}", open.tunnel)).await;
-        return;
-    };
-    if tunnel.spec.kind != TunnelKind::Tcp {
-        let _ = fail(&mut stream, StreamErrorKind::UnknownTunnel, format!("tunnel `{}` is not a tcp tunnel", tunnel.spec.name)).await;
-        return;
-    }
-    let span = tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);
-    async {
-        let mut sock = match tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await {
-            Ok(Ok(s)) => s,
+    let open =
+        match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StreamOpen>(&mut stream.recv))
+            .await
+        {
+            Ok(Ok(Some(o))) => o,
+            Ok(Ok(None)) => return,
             Ok(Err(e)) => {
-                let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    StreamErrorKind::Refused
-                } else {
-                    StreamErrorKind::Unreachable
-                };
-                tracing::warn!("target {} of tunnel `{}`: {e}", tunnel.target, tunnel.spec.name);
-                let _ = fail(&mut stream, kind, e.to_string()).await;
+                tracing::warn!("bad stream header from relay: {e}");
+                stream.send.reset(codes::RESET_PROTOCOL);
+                stream.recv.stop(codes::RESET_PROTOCOL);
                 return;
             }
             Err(_) => {
-                tracing::warn!("target {} of tunnel `{}` did not answer within {connect_timeout:?}", tunnel.target, tunnel.spec.name);
-                let _ = fail(&mut stream, StreamErrorKind::Timeout, format!("no answer within {connect_timeout:?}")).await;
+                stream.send.reset(codes::RESET_PROTOCOL);
                 return;
             }
         };
+    // Checked on every stream, never once per session: the relay is not trusted to pick targets.
+    let Some(tunnel) = tunnels.iter().find(|t| t.spec.id == open.tunnel) else {
+        tracing::warn!(
+            tunnel.id = open.tunnel,
+            "relay asked for a tunnel this agent does not have; refused"
+        );
+        let _ = fail(
+            &mut stream,
+            StreamErrorKind::UnknownTunnel,
+            format!("no tunnel with id {}", open.tunnel),
+        )
+        .await;
+        return;
+    };
+    if tunnel.spec.kind != TunnelKind::Tcp {
+        let _ = fail(
+            &mut stream,
+            StreamErrorKind::UnknownTunnel,
+            format!("tunnel `{}` is not a tcp tunnel", tunnel.spec.name),
+        )
+        .await;
+        return;
+    }
+    let span =
+        tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);
+    async {
+        let mut sock =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                        StreamErrorKind::Refused
+                    } else {
+                        StreamErrorKind::Unreachable
+                    };
+                    tracing::warn!(
+                        "target {} of tunnel `{}`: {e}",
+                        tunnel.target,
+                        tunnel.spec.name
+                    );
+                    let _ = fail(&mut stream, kind, e.to_string()).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "target {} of tunnel `{}` did not answer within {connect_timeout:?}",
+                        tunnel.target,
+                        tunnel.spec.name
+                    );
+                    let _ = fail(
+                        &mut stream,
+                        StreamErrorKind::Timeout,
+                        format!("no answer within {connect_timeout:?}"),
+                    )
+                    .await;
+                    return;
+                }
+            };
         if tunnel.proxy_v2 {
             let header = proxy::v2_header(open.visitor, open.server, proxy::Transport::Stream);
             if let Err(e) = sock.write_all(&header).await {
@@ -348,11 +415,18 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
                 return;
             }
         }
-        if write_frame(&mut stream.send, &StreamReply::Connected).await.is_err() {
+        if write_frame(&mut stream.send, &StreamReply::Connected)
+            .await
+            .is_err()
+        {
             return;
         }
         match splice(sock, stream).await {
-            Ok(s) => tracing::debug!(up = s.stream_to_tcp, down = s.tcp_to_stream, "connection done"),
+            Ok(s) => tracing::debug!(
+                up = s.stream_to_tcp,
+                down = s.tcp_to_stream,
+                "connection done"
+            ),
             Err(e) => tracing::debug!("connection aborted: {e}"),
         }
     }
@@ -361,6 +435,10 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
 }
 
 async fn fail(stream: &mut BiStream, kind: StreamErrorKind, detail: String) -> std::io::Result<()> {
-    write_frame(&mut stream.send, &StreamReply::Failed(StreamError { kind, detail })).await?;
+    write_frame(
+        &mut stream.send,
+        &StreamReply::Failed(StreamError { kind, detail }),
+    )
+    .await?;
     stream.send.shutdown().await
 }

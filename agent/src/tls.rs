@@ -130,5 +130,8 @@ pub(crate) fn client_tls(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    Ok((builder.with_root_certificates(roots).with_no_client_auth(), None))
+    Ok((
+        builder.with_root_certificates(roots).with_no_client_auth(),
+        None,
+    ))
 }

@@ -1,4 +1,5 @@
 //! Property tests for the codec: every message round-trips, decoding arbitrary bytes never
+#![allow(clippy::unwrap_used)]
 //! panics, and feeding a valid stream one byte at a time yields the same messages.
 
 use bytes::BytesMut;
@@ -50,14 +51,20 @@ fn reason() -> impl Strategy<Value = RejectReason> {
 
 fn control() -> impl Strategy<Value = Control> {
     prop_oneof![
-        (any::<u16>(), ".{0,10}", ".{0,200}", prop::collection::vec(spec(), 0..5)).prop_map(
-            |(version, agent_version, token, tunnels)| Control::Hello(Hello {
-                version,
-                agent_version,
-                token: Secret::new(token),
-                tunnels,
-            })
-        ),
+        (
+            any::<u16>(),
+            ".{0,10}",
+            ".{0,200}",
+            prop::collection::vec(spec(), 0..5)
+        )
+            .prop_map(
+                |(version, agent_version, token, tunnels)| Control::Hello(Hello {
+                    version,
+                    agent_version,
+                    token: Secret::new(token),
+                    tunnels,
+                })
+            ),
         (
             any::<u64>(),
             ".{0,10}",
@@ -71,10 +78,8 @@ fn control() -> impl Strategy<Value = Control> {
                     .map(|(id, public)| Assigned { id, public })
                     .collect(),
             })),
-        (reason(), ".{0,50}").prop_map(|(reason, detail)| Control::Reject(Reject {
-            reason,
-            detail
-        })),
+        (reason(), ".{0,50}")
+            .prop_map(|(reason, detail)| Control::Reject(Reject { reason, detail })),
         any::<u64>().prop_map(Control::Ping),
         any::<u64>().prop_map(Control::Pong),
         (".{0,50}", any::<u32>()).prop_map(|(reason, reconnect_after_ms)| Control::GoAway(

@@ -195,7 +195,10 @@ mod tests {
         assert_eq!(a.signing_pkcs8, b.signing_pkcs8);
         assert_eq!(a.reset_key, b.reset_key);
         for f in ["relay.key", "quic-reset.key", "self-signed.key"] {
-            let mode = fs::metadata(cfg.data_dir.join(f)).unwrap().permissions().mode();
+            let mode = fs::metadata(cfg.data_dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let dmode = fs::metadata(&cfg.data_dir).unwrap().permissions().mode();

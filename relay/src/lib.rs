@@ -60,12 +60,11 @@ impl Relay {
             id.key.clone_key(),
             &config.quic.settings(),
         )?;
-        let socket = std::net::UdpSocket::bind(config.listen.quic).map_err(|source| {
-            RelayError::Bind {
+        let socket =
+            std::net::UdpSocket::bind(config.listen.quic).map_err(|source| RelayError::Bind {
                 addr: format!("udp {}", config.listen.quic),
                 source,
-            }
-        })?;
+            })?;
         let endpoint = quinn::Endpoint::new(
             proto::transport::quic::endpoint_config(&id.reset_key),
             Some(server),
@@ -135,8 +134,10 @@ impl Relay {
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!("some connections did not finish within the shutdown grace period");
         }
-        self.endpoint
-            .close(quinn::VarInt::from_u32(proto::codes::CLOSE_SHUTDOWN), b"relay shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(proto::codes::CLOSE_SHUTDOWN),
+            b"relay shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         Ok(())
     }

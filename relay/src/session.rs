@@ -77,7 +77,10 @@ pub(crate) async fn handle_incoming(
     })
     .await;
     let Ok(Some((mut ctrl, hello))) = hello else {
-        conn.close(codes::CLOSE_PROTOCOL, "expected Hello on the control stream");
+        conn.close(
+            codes::CLOSE_PROTOCOL,
+            "expected Hello on the control stream",
+        );
         return;
     };
 
@@ -129,7 +132,10 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
     let mut ports = HashSet::new();
     for t in &hello.tunnels {
         if !ids.insert(t.id) {
-            return Err(reject(RejectReason::BadTunnel, format!("duplicate tunnel id {}", t.id)));
+            return Err(reject(
+                RejectReason::BadTunnel,
+                format!("duplicate tunnel id {}", t.id),
+            ));
         }
         match t.kind {
             TunnelKind::Tcp | TunnelKind::Udp => {
@@ -147,7 +153,10 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
                 if !allowed {
                     return Err(reject(
                         RejectReason::PortNotAllowed,
-                        format!("{} port {port} (tunnel `{}`) is not in the token", t.kind, t.name),
+                        format!(
+                            "{} port {port} (tunnel `{}`) is not in the token",
+                            t.kind, t.name
+                        ),
                     ));
                 }
                 if !ports.insert((t.kind == TunnelKind::Tcp, port)) {
@@ -215,11 +224,20 @@ async fn run_session(
     // Replace an older session of the same agent: close it and wait (bounded) until it has
     // released its ports, so ours can bind them.
     if let Some(old) = shared.registry.take(&claims.sub) {
-        tracing::info!(old_session = old.id, "replacing the previous session of this agent");
+        tracing::info!(
+            old_session = old.id,
+            "replacing the previous session of this agent"
+        );
         old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
         old.tasks.close();
-        if tokio::time::timeout(REPLACE_WAIT, old.tasks.wait()).await.is_err() {
-            tracing::warn!(old_session = old.id, "previous session slow to release its tunnels");
+        if tokio::time::timeout(REPLACE_WAIT, old.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                old_session = old.id,
+                "previous session slow to release its tunnels"
+            );
         }
     }
     let bound = match bind_tunnels(&shared, &hello).await {
@@ -244,7 +262,10 @@ async fn run_session(
     }
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let public: Vec<String> = bound.iter().map(|b| format!("{} -> {}", b.public, b.name)).collect();
+    let public: Vec<String> = bound
+        .iter()
+        .map(|b| format!("{} -> {}", b.public, b.name))
+        .collect();
     tracing::info!(
         session = id,
         transport = %conn.kind(),
@@ -266,8 +287,14 @@ async fn run_session(
     for b in bound {
         let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
         tasks.spawn(
-            tcp_tunnel::serve(shared.clone(), b, conn.clone(), cancel.clone(), tasks.clone())
-                .instrument(span),
+            tcp_tunnel::serve(
+                shared.clone(),
+                b,
+                conn.clone(),
+                cancel.clone(),
+                tasks.clone(),
+            )
+            .instrument(span),
         );
     }
 

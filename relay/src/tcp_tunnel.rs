@@ -84,12 +84,18 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
         Err(_) => {
-            tracing::info!("visitor connection closed: agent did not answer within {open_timeout:?}");
+            tracing::info!(
+                "visitor connection closed: agent did not answer within {open_timeout:?}"
+            );
             return;
         }
     };
     match splice(sock, stream).await {
-        Ok(s) => tracing::debug!(up = s.tcp_to_stream, down = s.stream_to_tcp, "visitor connection done"),
+        Ok(s) => tracing::debug!(
+            up = s.tcp_to_stream,
+            down = s.stream_to_tcp,
+            "visitor connection done"
+        ),
         Err(e) => tracing::debug!("visitor connection aborted: {e}"),
     }
 }

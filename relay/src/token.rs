@@ -179,6 +179,7 @@ pub struct IssueRequest {
 }
 
 /// Signs and verifies agent tokens.
+#[derive(Clone)]
 pub struct TokenKeys {
     enc: EncodingKey,
     dec: DecodingKey,
@@ -223,7 +224,11 @@ impl TokenKeys {
     }
 
     /// Issue a token at time `now`.
-    pub fn issue(&self, req: &IssueRequest, now: SystemTime) -> Result<(String, Claims), RelayError> {
+    pub fn issue(
+        &self,
+        req: &IssueRequest,
+        now: SystemTime,
+    ) -> Result<(String, Claims), RelayError> {
         if !valid_agent_name(&req.agent) {
             return Err(RelayError::Config(format!(
                 "agent name `{}`: use 1-63 lowercase letters, digits and dashes",
@@ -362,9 +367,8 @@ mod tests {
     use super::*;
 
     fn keys() -> TokenKeys {
-        let doc =
-            ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .unwrap();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .unwrap();
         TokenKeys::new(doc.as_ref(), "relay.example.com").unwrap()
     }
 
@@ -401,15 +405,24 @@ mod tests {
         let later = now + Duration::from_secs(3600 + LEEWAY_SECS - 1);
         assert!(k.verify(&t, later).is_ok());
         let too_late = now + Duration::from_secs(3600 + LEEWAY_SECS + 2);
-        assert!(matches!(k.verify(&t, too_late), Err(TokenError::Expired(_))));
+        assert!(matches!(
+            k.verify(&t, too_late),
+            Err(TokenError::Expired(_))
+        ));
     }
 
     #[test]
     fn other_key_or_audience_rejected() {
         let now = SystemTime::now();
         let (t, _) = keys().issue(&req(), now).unwrap();
-        assert!(matches!(keys().verify(&t, now), Err(TokenError::Invalid(_))));
-        assert!(matches!(keys().verify("garbage", now), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            keys().verify(&t, now),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            keys().verify("garbage", now),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -432,7 +445,10 @@ mod tests {
 
     #[test]
     fn port_ranges_parse() {
-        assert_eq!("80".parse::<PortRange>().unwrap(), PortRange { lo: 80, hi: 80 });
+        assert_eq!(
+            "80".parse::<PortRange>().unwrap(),
+            PortRange { lo: 80, hi: 80 }
+        );
         assert!("0".parse::<PortRange>().is_err());
         assert!("9-2".parse::<PortRange>().is_err());
         assert!("x".parse::<PortRange>().is_err());

@@ -1,10 +1,10 @@
 //! `periscope agent`
 
-use anyhow::Context;
 use agent::{
     config::{Kind, TunnelConfig},
     Agent, AgentConfig,
 };
+use anyhow::Context;
 
 use crate::cli::AgentArgs;
 
@@ -74,7 +74,11 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(s) = &args.server_name {
         cfg.server_name = Some(s.clone());
     }
-    for (kind, specs) in [(Kind::Tcp, &args.tcp), (Kind::Http, &args.http), (Kind::Udp, &args.udp)] {
+    for (kind, specs) in [
+        (Kind::Tcp, &args.tcp),
+        (Kind::Http, &args.http),
+        (Kind::Udp, &args.udp),
+    ] {
         for s in specs {
             let t = parse_tunnel(kind, s)?;
             cfg.tunnels.retain(|x| x.name != t.name);

@@ -61,7 +61,9 @@ fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
         },
         std::time::SystemTime::now(),
     )?;
-    let exe = std::env::args().next().unwrap_or_else(|| "periscope".into());
+    let exe = std::env::args()
+        .next()
+        .unwrap_or_else(|| "periscope".into());
     eprintln!(
         "\nperiscope relay (dev mode) on {quic} (QUIC, loopback only)\n\
          data directory: {data}\n\

@@ -64,7 +64,9 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 anyhow::bail!("`{jti}` is not a token id (the hex id printed by `token issue`)");
             }
             if Revocations::revoke(&config.data_dir, &jti, SystemTime::now())? {
-                eprintln!("revoked {jti}; a connected agent using it is disconnected within seconds");
+                eprintln!(
+                    "revoked {jti}; a connected agent using it is disconnected within seconds"
+                );
             } else {
                 eprintln!("{jti} was already revoked");
             }
@@ -74,5 +76,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
 }
 
 fn join(p: &[PortRange]) -> String {
-    p.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+    p.iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -106,7 +106,10 @@ pub async fn splice(tcp: TcpStream, stream: BiStream) -> io::Result<SpliceStats>
     })
 }
 
-async fn tcp_to_stream(tcp: &tokio::net::tcp::OwnedReadHalf, send: &mut SendStream) -> io::Result<u64> {
+async fn tcp_to_stream(
+    tcp: &tokio::net::tcp::OwnedReadHalf,
+    send: &mut SendStream,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         tcp.readable().await?;
@@ -175,7 +178,9 @@ mod tests {
     #[tokio::test]
     async fn eof_inside_frame_is_an_error() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        a.write_all(&[crate::PROTOCOL_VERSION, 0, 0, 0, 9, 1]).await.unwrap();
+        a.write_all(&[crate::PROTOCOL_VERSION, 0, 0, 0, 9, 1])
+            .await
+            .unwrap();
         drop(a);
         let r: Result<Option<Control>, _> = read_frame(&mut b).await;
         assert!(matches!(r, Err(FrameError::Io(_))));

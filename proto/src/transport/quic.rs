@@ -6,7 +6,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
-use super::{BiStream, BoxFuture, RecvStream, SendStream, Transport, TransportError, TransportKind};
+use super::{
+    BiStream, BoxFuture, RecvStream, SendStream, Transport, TransportError, TransportKind,
+};
 use crate::ALPN;
 
 /// Congestion controller.
@@ -212,7 +214,8 @@ impl Transport for QuicConnection {
     }
 
     fn close(&self, code: u32, reason: &str) {
-        self.0.close(quinn::VarInt::from_u32(code), reason.as_bytes());
+        self.0
+            .close(quinn::VarInt::from_u32(code), reason.as_bytes());
     }
 
     fn closed(&self) -> BoxFuture<'_, TransportError> {

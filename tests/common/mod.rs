@@ -1,0 +1,340 @@
+//! Test kit: a relay (on its own runtime, so a test can kill it like `kill -9`), agents, and
+//! small TCP targets, all on ephemeral loopback ports.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use agent::{config::TunnelConfig, Agent, AgentConfig, Status};
+use relay::{IssueRequest, PortRange, Relay, RelayConfig};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Poll `cond` every 20 ms until it holds or `secs` pass.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $secs:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64($secs as f64);
+        loop {
+            if $cond { break; }
+            if std::time::Instant::now() > deadline { panic!($($msg)+); }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// Log to the test's captured output; `PERISCOPE_LOG=debug cargo test` for more.
+pub fn trace() {
+    let filter = std::env::var("PERISCOPE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A relay running on its own single-threaded runtime.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    pub config: RelayConfig,
+    keys: relay::TokenKeys,
+    rt: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestRelay {
+    /// A fresh relay with its own data directory.
+    pub async fn start() -> TestRelay {
+        trace();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Self::start_in(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+        r._dir = Some(dir);
+        r
+    }
+
+    /// A relay using `data_dir` and `quic` (to restart one on the same port and identity).
+    pub async fn start_in(data_dir: &Path, quic: SocketAddr) -> TestRelay {
+        let mut config = RelayConfig::dev(data_dir.join("data"));
+        config.listen.quic = quic;
+        config.limits.shutdown_grace = Duration::from_secs(1);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let cfg = config.clone();
+        let token = shutdown.clone();
+        rt.spawn(async move {
+            let relay = Relay::bind(cfg).await.expect("relay bind");
+            let keys = relay.keys().clone();
+            let _ = ready_tx.send((relay.quic_addr(), relay.fingerprint().to_string(), keys));
+            relay.run(token).await.expect("relay run");
+            let _ = done_tx.send(());
+        });
+        let (addr, fingerprint, keys) = ready_rx.await.expect("relay started");
+        config.listen.quic = addr;
+        TestRelay {
+            addr,
+            fingerprint,
+            config,
+            keys,
+            rt: Some(rt),
+            shutdown,
+            done: Some(done_rx),
+            _dir: None,
+        }
+    }
+
+    /// A token for `agent` allowing `tcp_ports`, valid for an hour.
+    pub fn token(&self, agent: &str, tcp_ports: &[u16]) -> String {
+        self.token_at(
+            agent,
+            tcp_ports,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .0
+    }
+
+    /// A token issued at `now` with lifetime `ttl`; returns the token and its id.
+    pub fn token_at(
+        &self,
+        agent: &str,
+        tcp_ports: &[u16],
+        now: SystemTime,
+        ttl: Duration,
+    ) -> (String, String) {
+        let (t, c) = self
+            .keys
+            .issue(
+                &IssueRequest {
+                    agent: agent.into(),
+                    hosts: vec![format!("{agent}.localhost")],
+                    tcp_ports: tcp_ports
+                        .iter()
+                        .map(|&p| PortRange { lo: p, hi: p })
+                        .collect(),
+                    udp_ports: vec![],
+                    ttl,
+                },
+                now,
+            )
+            .expect("issue token");
+        (t, c.jti)
+    }
+
+    /// The data directory (keys, revocations).
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Graceful stop: GoAway, drain, close.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(done) = self.done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Like `kill -9`: every task and socket of the relay vanishes without a word.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Builds an agent config against a test relay.
+pub struct AgentBuilder {
+    config: AgentConfig,
+}
+
+impl AgentBuilder {
+    pub fn new(relay: &TestRelay, token: &str) -> Self {
+        AgentBuilder {
+            config: AgentConfig {
+                relay: relay.addr.to_string(),
+                token: Some(proto::Secret::new(token)),
+                token_file: None,
+                fingerprint: Some(relay.fingerprint.clone()),
+                ca_file: None,
+                server_name: None,
+                transport: Default::default(),
+                connect_timeout: Duration::from_secs(5),
+                quic: Default::default(),
+                tunnels: vec![],
+            },
+        }
+    }
+
+    pub fn tcp(mut self, name: &str, target: SocketAddr, remote_port: u16) -> Self {
+        self.config.tunnels.push(TunnelConfig {
+            name: name.into(),
+            kind: agent::config::Kind::Tcp,
+            target: target.to_string(),
+            remote_port: Some(remote_port),
+            hostname: None,
+            proxy_protocol: None,
+        });
+        self
+    }
+
+    pub fn proxy_v2(mut self) -> Self {
+        if let Some(t) = self.config.tunnels.last_mut() {
+            t.proxy_protocol = Some(agent::config::ProxyProtocol::V2);
+        }
+        self
+    }
+
+    pub fn configure(mut self, f: impl FnOnce(&mut AgentConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    pub async fn start(self) -> TestAgent {
+        let agent = Agent::new(self.config).await.expect("agent config");
+        let status = agent.status();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(agent.run(shutdown.clone()));
+        TestAgent {
+            status,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+}
+
+pub struct TestAgent {
+    pub status: watch::Receiver<Status>,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<Result<(), agent::AgentError>>>,
+}
+
+impl TestAgent {
+    /// Wait until the status satisfies `f` (10 s at most); returns it.
+    pub async fn wait_for(&mut self, what: &str, f: impl Fn(&Status) -> bool) -> Status {
+        let r = tokio::time::timeout(Duration::from_secs(10), self.status.wait_for(|s| f(s)))
+            .await
+            .map(|r| r.map(|s| s.clone()));
+        match r {
+            Ok(Ok(s)) => s,
+            _ => panic!(
+                "agent never reached `{what}`; status: {:?}",
+                *self.status.borrow()
+            ),
+        }
+    }
+
+    pub async fn connected(&mut self) -> Status {
+        self.wait_for("connected", |s| matches!(s, Status::Connected { .. }))
+            .await
+    }
+
+    /// Wait for a new session (a different id than `old`).
+    pub async fn reconnected(&mut self, old: u64) -> Status {
+        self.wait_for(
+            "reconnected",
+            |s| matches!(s, Status::Connected { session, .. } if *session != old),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn session_of(s: &Status) -> u64 {
+    match s {
+        Status::Connected { session, .. } => *session,
+        _ => 0,
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Serve `handler` for each connection on an ephemeral port; the task ends with the test.
+pub async fn tcp_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handler(s));
+        }
+    });
+    addr
+}
+
+/// Echo server: copies back until EOF, then half-closes.
+pub async fn echo_server() -> SocketAddr {
+    tcp_server(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Connect to a tunnel's public port on the test relay.
+pub async fn visit(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to tunnel")
+}
+
+/// Send `msg`, half-close, read everything back.
+pub async fn roundtrip(port: u16, msg: &[u8]) -> Vec<u8> {
+    let mut s = visit(port).await;
+    s.write_all(msg).await.expect("write");
+    s.shutdown().await.expect("shutdown");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    out
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: relay + agent + targets in-process on loopback, real sockets.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+mod e2e {
+    mod auth;
+    mod reconnect;
+    mod tcp;
+}
