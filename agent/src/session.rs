@@ -191,10 +191,12 @@ async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Ended {
                 TransportError::from(e)
             ));
         }
-        Err(_) => return Ended::Failed(format!(
+        Err(_) => {
+            return Ended::Failed(format!(
             "no QUIC answer from {addr} within {:?} (relay down, or UDP blocked on this network?)",
             cfg.connect_timeout
-        )),
+        ))
+        }
     };
     let conn: Connection = Arc::new(QuicConnection(conn));
     let ended = serve(agent, conn.clone(), shutdown).await;
