@@ -76,6 +76,9 @@ pub struct AgentArgs {
     /// Name to verify in the relay's certificate.
     #[arg(long)]
     pub server_name: Option<String>,
+    /// QUIC keep-alive interval (e.g. 2s): how fast a silently restarted relay is noticed.
+    #[arg(long, env = "PERISCOPE_KEEP_ALIVE", value_parser = humantime::parse_duration)]
+    pub keep_alive: Option<std::time::Duration>,
     /// TCP tunnel NAME=HOST:PORT:REMOTEPORT, e.g. ssh=127.0.0.1:22:2222 (repeatable).
     #[arg(long = "tcp", value_name = "NAME=ADDR:REMOTEPORT")]
     pub tcp: Vec<String>,

@@ -48,9 +48,13 @@ fn distance(a: &str, b: &str) -> usize {
 pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     let span = e.span().unwrap_or(0..0);
     let (line, col) = line_col(text, span.start);
-    let key = text
-        .get(span.clone())
-        .map(|k| k.trim().trim_matches('"').to_string())
+    // The span covers the key (unknown field) or the value (bad value): either way the key is
+    // what stands before `=` on that line.
+    let line_text = text.lines().nth(line - 1).unwrap_or_default();
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .or_else(|| text.get(span.clone()).map(|k| k.trim().to_string()))
         .filter(|k| !k.is_empty() && !k.contains('\n') && k.len() < 64);
     let mut message = e.message().trim().to_string();
     // serde: "unknown field `tls_cert`, expected one of `a`, `b`" → suggest the nearest.
@@ -83,6 +87,29 @@ pub fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     }
 }
 
+/// A validation error (`"key.path: message"`) with the file and, when the key's last segment
+/// appears on exactly one line, that line.
+fn validation_error(path: &Path, text: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    let msg = e.to_string();
+    let detail = msg.split_once(": ").map_or(msg.as_str(), |(_, d)| d);
+    let leaf = detail
+        .split(':')
+        .next()
+        .and_then(|k| k.split_whitespace().next())
+        .and_then(|k| k.rsplit('.').next())
+        .unwrap_or_default();
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.split_once('=').is_some_and(|(k, _)| k.trim() == leaf))
+        .map(|(i, _)| i + 1)
+        .collect();
+    match lines.as_slice() {
+        [line] => anyhow::anyhow!("{}:{line}: {msg}", path.display()),
+        _ => anyhow::anyhow!("{}: {msg}", path.display()),
+    }
+}
+
 fn read(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
@@ -92,7 +119,7 @@ pub fn load_relay(path: &Path) -> anyhow::Result<RelayConfig> {
     let text = read(path)?;
     let cfg = RelayConfig::from_toml(&text).map_err(|e| toml_error(path, &text, &e))?;
     cfg.validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| validation_error(path, &text, e))?;
     Ok(cfg)
 }
 
@@ -117,7 +144,7 @@ pub fn load_any(path: &Path) -> anyhow::Result<AnyConfig> {
     if table.contains_key("relay") {
         let cfg = load_agent(path)?;
         cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            .map_err(|e| validation_error(path, &text, e))?;
         Ok(AnyConfig::Agent(Box::new(cfg)))
     } else if table.contains_key("domain") {
         Ok(AnyConfig::Relay(Box::new(load_relay(path)?)))

@@ -6,6 +6,7 @@ mod common;
 
 mod e2e {
     mod auth;
+    mod config;
     mod reconnect;
     mod tcp;
 }

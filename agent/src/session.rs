@@ -265,6 +265,9 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         .instrument(span)
         .await;
     tasks.close();
+    let st = conn.stats();
+    tracing::debug!(rtt = ?st.rtt, mtu = st.mtu, sent = st.sent_packets, lost = st.lost_packets,
+        congestion_events = st.congestion_events, "session path statistics");
     match ended {
         None => {
             conn.close(codes::CLOSE_NORMAL, "agent stopping");

@@ -71,6 +71,9 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
         cfg.ca_file = Some(c.clone());
         cfg.fingerprint = None;
     }
+    if let Some(k) = args.keep_alive {
+        cfg.quic.keep_alive = k;
+    }
     if let Some(s) = &args.server_name {
         cfg.server_name = Some(s.clone());
     }

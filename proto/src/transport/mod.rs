@@ -107,6 +107,23 @@ pub trait Transport: Send + Sync + 'static {
     fn rtt(&self) -> Duration;
     /// Which transport this is.
     fn kind(&self) -> TransportKind;
+    /// Path statistics, for logs and status pages.
+    fn stats(&self) -> PathStats;
+}
+
+/// Statistics of a connection's network path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathStats {
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Current largest datagram payload (QUIC path MTU).
+    pub mtu: u16,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Congestion events.
+    pub congestion_events: u64,
 }
 
 /// Both halves of one stream.

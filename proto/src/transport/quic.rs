@@ -7,7 +7,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use bytes::Bytes;
 
 use super::{
-    BiStream, BoxFuture, RecvStream, SendStream, Transport, TransportError, TransportKind,
+    BiStream, BoxFuture, PathStats, RecvStream, SendStream, Transport, TransportError,
+    TransportKind,
 };
 use crate::ALPN;
 
@@ -42,6 +43,8 @@ pub struct QuicSettings {
     pub max_incoming_streams: u32,
     /// Congestion controller.
     pub congestion: Congestion,
+    /// Largest UDP payload MTU discovery will try.
+    pub max_udp_payload: u16,
 }
 
 impl QuicSettings {
@@ -55,6 +58,7 @@ impl QuicSettings {
             send_window: 16 * 1024 * 1024,
             max_incoming_streams: 4096,
             congestion: Congestion::Cubic,
+            max_udp_payload: 65527,
         }
     }
 
@@ -81,6 +85,13 @@ impl QuicSettings {
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         t.datagram_receive_buffer_size(Some(1024 * 1024));
         t.datagram_send_buffer_size(1024 * 1024);
+        // Path MTU discovery may grow datagrams past Ethernet's 1500 bytes when the path allows
+        // (loopback, jumbo frames): fewer packets per byte is most of QUIC's CPU cost. Probes
+        // that do not arrive just leave the MTU where it was (RFC 8899), so this is safe on
+        // every path; the search only takes a few more probes.
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.max_udp_payload);
+        t.mtu_discovery_config(Some(mtu));
         if self.congestion == Congestion::Bbr {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         }
@@ -232,5 +243,16 @@ impl Transport for QuicConnection {
 
     fn kind(&self) -> TransportKind {
         TransportKind::Quic
+    }
+
+    fn stats(&self) -> PathStats {
+        let s = self.0.stats();
+        PathStats {
+            rtt: s.path.rtt,
+            mtu: s.path.current_mtu,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            congestion_events: s.path.congestion_events,
+        }
     }
 }
