@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Interop suite: the release binary as a user runs it, driven by programs we did not write.
+# Today: `periscope check` on every example config, and a TCP round trip through a relay and
+# an agent started as separate processes, including kill -9 of the relay, token revocation and
+# the relay's graceful shutdown. Every wait is bounded; every process is stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+
+echo "interop: building the release binary"
+cargo build --release --locked --bin periscope
+BIN="$PWD/target/release/periscope"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { echo "interop: FAIL: $*" >&2; for f in "$WORK"/*.log; do echo "--- $f"; tail -n 20 "$f"; done >&2; exit 1; }
+pass=0
+ok() { echo "interop: ok: $*"; pass=$((pass + 1)); }
+
+# 1. Every example config validates.
+for f in deploy/examples/*.toml; do
+  "$BIN" check --config "$f" >/dev/null 2>"$WORK/check.log" || fail "periscope check $f: $(cat "$WORK/check.log")"
+done
+ok "periscope check accepts every file in deploy/examples"
+if "$BIN" check --config tests/data/config/invalid/relay-typo.toml 2>"$WORK/check.log"; then
+  fail "a config with a typo passed periscope check"
+fi
+grep -q "relay-typo.toml:4:1" "$WORK/check.log" || fail "typo error does not name file:line: $(cat "$WORK/check.log")"
+ok "periscope check names file and line of a typo"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port)
+
+# A TCP echo target (python, not ours).
+python3 - "$ECHO" >"$WORK/echo.log" 2>&1 <<'PY' &
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(128)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        c.sendall(d)
+    c.shutdown(socket.SHUT_WR); c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+PIDS+=($!)
+
+cat >"$WORK/relay.toml" <<TOML
+domain = "localhost"
+data_dir = "$WORK/data"
+[listen]
+quic = "127.0.0.1:$QUIC"
+tunnels = "127.0.0.1"
+TOML
+
+# roundtrip MSG: send, half-close, expect the echo; bounded by a timeout.
+roundtrip() {
+  python3 - "$PORT" "$1" <<'PY'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+msg = sys.argv[2].encode() * 1000
+s.sendall(msg); s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    got += d
+sys.exit(0 if got == msg else 1)
+PY
+}
+# wait_serving SECONDS: until a round trip works; prints the seconds it took.
+wait_serving() {
+  python3 - "$PORT" "$1" <<'PY'
+import socket, sys, time
+t0 = time.time()
+while time.time() - t0 < float(sys.argv[2]):
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.3)
+        s.settimeout(0.5); s.sendall(b"x")
+        if s.recv(1) == b"x":
+            print("%.2f" % (time.time() - t0)); sys.exit(0)
+    except OSError:
+        time.sleep(0.01)
+sys.exit(1)
+PY
+}
+
+start_relay() {
+  "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
+  RELAY=$!; PIDS+=($RELAY)
+}
+start_relay
+for _ in $(seq 100); do [ -f "$WORK/data/self-signed.crt" ] && break; sleep 0.05; done
+FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2)
+[ -n "$FP" ] || fail "relay printed no fingerprint"
+TOKEN=$("$BIN" token issue --config "$WORK/relay.toml" --agent home --tcp-port "$PORT" --ttl 1h 2>"$WORK/token.log")
+JTI=$(grep -o 'id [0-9a-f]*' "$WORK/token.log" | cut -d' ' -f2)
+PERISCOPE_TOKEN="$TOKEN" "$BIN" agent --relay "127.0.0.1:$QUIC" --fingerprint "$FP" \
+  --tcp "echo=127.0.0.1:$ECHO:$PORT" 2>>"$WORK/agent.log" &
+AGENT=$!; PIDS+=($AGENT)
+wait_serving 10 >/dev/null || fail "tunnel did not come up"
+roundtrip "hello" || fail "round trip through the tunnel"
+ok "TCP round trip through relay and agent processes"
+if grep -q "$TOKEN" "$WORK"/*.log; then fail "the token appears in a log"; fi
+ok "the token never appears in the logs"
+
+# 2. kill -9 the relay, start it again: the agent comes back by itself.
+kill -9 "$RELAY"; wait "$RELAY" 2>/dev/null || true
+start_relay
+T=$(wait_serving 15) || fail "tunnel not back after relay kill -9 and restart"
+roundtrip "again" || fail "round trip after restart"
+ok "agent back ${T}s after relay kill -9 + restart"
+
+# 3. Revoking the token disconnects the agent within 5 s and frees the port.
+"$BIN" token revoke --config "$WORK/relay.toml" "$JTI" 2>>"$WORK/token.log"
+python3 - "$PORT" <<'PY' || fail "port still served 5 s after revocation"
+import socket, sys, time
+t0 = time.time()
+while time.time() - t0 < 5:
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.3).close()
+        time.sleep(0.1)
+    except OSError:
+        sys.exit(0)
+sys.exit(1)
+PY
+for _ in $(seq 50); do grep -q "token revoked" "$WORK/agent.log" && break; sleep 0.1; done
+grep -q "token revoked" "$WORK/agent.log" || fail "agent log does not say the token was revoked"
+ok "revoked token: agent disconnected, port closed, agent log says why"
+
+# 4. SIGTERM: the relay drains and exits on its own.
+kill -TERM "$RELAY"
+for _ in $(seq 100); do kill -0 "$RELAY" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$RELAY" 2>/dev/null; then fail "relay still running 10 s after SIGTERM"; fi
+ok "relay exits cleanly on SIGTERM"
+
+echo "interop: $pass passed, 0 failed"
