@@ -54,10 +54,8 @@ pub(crate) async fn run(
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(30));
     let mut last_cause = String::new();
     loop {
-        let ended = tokio::select! {
-            _ = shutdown.cancelled() => Ended::Shutdown,
-            e = attempt(&agent, &shutdown) => e,
-        };
+        // `attempt` watches `shutdown` itself, so a running session closes cleanly.
+        let ended = attempt(&agent, &shutdown).await;
         let (delay, cause) = match ended {
             Ended::Shutdown => {
                 tracing::info!("agent stopped");
@@ -153,56 +151,60 @@ async fn resolve_relay(relay: &str) -> Result<(SocketAddr, String), String> {
 
 /// Dial, register, serve until the session ends.
 async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Ended {
-    let cfg = &agent.config;
-    let (addr, host) = match resolve_relay(&cfg.relay).await {
-        Ok(a) => a,
+    let dialled = tokio::select! {
+        _ = shutdown.cancelled() => return Ended::Shutdown,
+        d = dial(agent) => d,
+    };
+    let (endpoint, conn) = match dialled {
+        Ok(d) => d,
         Err(e) => return Ended::Failed(e),
     };
-    let server_name = cfg.server_name.clone().unwrap_or(host);
-    let client = match quic::client_config(agent.tls.clone(), &cfg.quic.settings()) {
-        Ok(c) => c,
-        Err(e) => return Ended::Failed(e.to_string()),
-    };
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0".parse().unwrap_or(addr)
-    } else {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    };
-    let endpoint = match quinn::Endpoint::client(bind) {
-        Ok(e) => e,
-        Err(e) => return Ended::Failed(format!("cannot open a UDP socket: {e}")),
-    };
-    let connecting = match endpoint.connect_with(client, addr, &server_name) {
-        Ok(c) => c,
-        Err(e) => return Ended::Failed(format!("cannot dial {addr}: {e}")),
-    };
-    let conn = match tokio::time::timeout(cfg.connect_timeout, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            if let Some(msg) = agent
-                .pinned
-                .as_ref()
-                .and_then(|p| p.mismatch.lock().unwrap_or_else(|e| e.into_inner()).take())
-            {
-                return Ended::Failed(msg);
-            }
-            return Ended::Failed(format!(
-                "QUIC handshake with {addr} failed: {}",
-                TransportError::from(e)
-            ));
-        }
-        Err(_) => {
-            return Ended::Failed(format!(
-            "no QUIC answer from {addr} within {:?} (relay down, or UDP blocked on this network?)",
-            cfg.connect_timeout
-        ))
-        }
-    };
-    let conn: Connection = Arc::new(QuicConnection(conn));
-    let ended = serve(agent, conn.clone(), shutdown).await;
+    let ended = serve(agent, conn, shutdown).await;
     // Let close frames go out before the socket is dropped.
     let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
     ended
+}
+
+/// Resolve the relay and finish the QUIC handshake, all within `connect_timeout`.
+async fn dial(agent: &Agent) -> Result<(quinn::Endpoint, Connection), String> {
+    let cfg = &agent.config;
+    let limit = cfg.connect_timeout;
+    let (addr, host) = tokio::time::timeout(limit, resolve_relay(&cfg.relay))
+        .await
+        .map_err(|_| format!("resolving {} took longer than {limit:?}", cfg.relay))??;
+    let server_name = cfg.server_name.clone().unwrap_or(host);
+    let client =
+        quic::client_config(agent.tls.clone(), &cfg.quic.settings()).map_err(|e| e.to_string())?;
+    let bind = if addr.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    let endpoint = quic::udp_socket(bind)
+        .and_then(|socket| {
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )
+        })
+        .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &server_name)
+        .map_err(|e| format!("cannot dial {addr}: {e}"))?;
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(c)) => Ok((endpoint, Arc::new(QuicConnection(c)))),
+        Ok(Err(e)) => {
+            let pinned = agent.pinned.as_ref();
+            Err(pinned
+                .and_then(|p| p.mismatch.lock().unwrap_or_else(|e| e.into_inner()).take())
+                .unwrap_or_else(|| format!("QUIC handshake with {addr} failed: {}", TransportError::from(e))))
+        }
+        Err(_) => Err(format!(
+            "no QUIC answer from {addr} within {limit:?} (relay down, or UDP blocked on this network?)"
+        )),
+    }
 }
 
 async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Ended {
@@ -213,15 +215,21 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         token: agent.token.clone(),
         tunnels: agent.tunnels.iter().map(|t| t.spec.clone()).collect(),
     };
-    let registered = tokio::time::timeout(cfg.connect_timeout, async {
+    let register = tokio::time::timeout(cfg.connect_timeout, async {
         let mut ctrl = conn.open_bi().await.map_err(|e| e.to_string())?;
         write_frame(&mut ctrl.send, &Control::Hello(hello))
             .await
             .map_err(|e| e.to_string())?;
         let reply = read_frame::<_, Control>(&mut ctrl.recv).await;
         Ok::<_, String>((ctrl, reply))
-    })
-    .await;
+    });
+    let registered = tokio::select! {
+        _ = shutdown.cancelled() => {
+            conn.close(codes::CLOSE_NORMAL, "agent stopping");
+            return Ended::Shutdown;
+        }
+        r = register => r,
+    };
     let (ctrl, welcome) = match registered {
         Err(_) => return Ended::Failed("relay did not answer the Hello in time".into()),
         Ok(Err(e)) => return Ended::Failed(format!("registering with the relay: {e}")),

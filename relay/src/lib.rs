@@ -60,11 +60,12 @@ impl Relay {
             id.key.clone_key(),
             &config.quic.settings(),
         )?;
-        let socket =
-            std::net::UdpSocket::bind(config.listen.quic).map_err(|source| RelayError::Bind {
+        let socket = proto::transport::quic::udp_socket(config.listen.quic).map_err(|source| {
+            RelayError::Bind {
                 addr: format!("udp {}", config.listen.quic),
                 source,
-            })?;
+            }
+        })?;
         let endpoint = quinn::Endpoint::new(
             proto::transport::quic::endpoint_config(&id.reset_key),
             Some(server),

@@ -43,8 +43,6 @@ pub struct QuicSettings {
     pub max_incoming_streams: u32,
     /// Congestion controller.
     pub congestion: Congestion,
-    /// Largest UDP payload MTU discovery will try.
-    pub max_udp_payload: u16,
 }
 
 impl QuicSettings {
@@ -58,7 +56,6 @@ impl QuicSettings {
             send_window: 16 * 1024 * 1024,
             max_incoming_streams: 4096,
             congestion: Congestion::Cubic,
-            max_udp_payload: 65527,
         }
     }
 
@@ -85,13 +82,6 @@ impl QuicSettings {
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         t.datagram_receive_buffer_size(Some(1024 * 1024));
         t.datagram_send_buffer_size(1024 * 1024);
-        // Path MTU discovery may grow datagrams past Ethernet's 1500 bytes when the path allows
-        // (loopback, jumbo frames): fewer packets per byte is most of QUIC's CPU cost. Probes
-        // that do not arrive just leave the MTU where it was (RFC 8899), so this is safe on
-        // every path; the search only takes a few more probes.
-        let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.max_udp_payload);
-        t.mtu_discovery_config(Some(mtu));
         if self.congestion == Congestion::Bbr {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
         }
@@ -146,6 +136,24 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// Socket buffer size asked for (the kernel caps it at `net.core.[rw]mem_max`). The default
+/// (~208 KiB) overflows at a few Gbit/s and every drop is read as congestion.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with large send and receive buffers.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4 too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Endpoint config whose stateless-reset key is `reset_key`. Persisting the key lets a
 /// restarted relay reset its predecessor's connections at once, so agents reconnect on their
 /// next packet instead of waiting for the idle timeout.
@@ -154,12 +162,13 @@ pub fn client_config(
 /// packet with a reset when its connection id validates against the generator's key, which
 /// by default is random per process and would make every old id look forged.
 pub fn endpoint_config(reset_key: &[u8]) -> quinn::EndpointConfig {
+    let mut cfg = quinn::EndpointConfig::default();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     let tag = ring::hmac::sign(&key, b"periscope connection id key");
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&tag.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    let mut cfg = quinn::EndpointConfig::new(Arc::new(key));
+    cfg.reset_key(Arc::new(key));
     cfg.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
