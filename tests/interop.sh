@@ -76,11 +76,12 @@ while True:
 sys.exit(0 if got == msg else 1)
 PY
 }
-# wait_serving SECONDS: until a round trip works; prints the seconds it took.
+# wait_serving SECONDS [START]: until a round trip works; prints the seconds since START
+# (a `date +%s.%N` taken before the event), default now.
 wait_serving() {
-  python3 - "$PORT" "$1" <<'PY'
+  python3 - "$PORT" "$1" "${2:-}" <<'PY'
 import socket, sys, time
-t0 = time.time()
+t0 = float(sys.argv[3]) if sys.argv[3] else time.time()
 while time.time() - t0 < float(sys.argv[2]):
     try:
         s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=0.3)
@@ -114,8 +115,9 @@ ok "the token never appears in the logs"
 
 # 2. kill -9 the relay, start it again: the agent comes back by itself.
 kill -9 "$RELAY"; wait "$RELAY" 2>/dev/null || true
+START=$(date +%s.%N)
 start_relay
-T=$(wait_serving 15) || fail "tunnel not back after relay kill -9 and restart"
+T=$(wait_serving 15 "$START") || fail "tunnel not back after relay kill -9 and restart"
 roundtrip "again" || fail "round trip after restart"
 ok "agent back ${T}s after relay kill -9 + restart"
 
