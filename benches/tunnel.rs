@@ -366,7 +366,7 @@ async fn idle_memory(sys: &System) -> (f64, f64) {
 /// Median seconds from `kill -9` of the server/relay (and immediate restart) to serving.
 async fn restart(sys: &mut System) -> f64 {
     let mut v = Vec::new();
-    for _ in 0..RESTARTS {
+    for i in 0..RESTARTS {
         let mut old = sys.server.take().unwrap();
         old.kill().unwrap();
         old.wait().unwrap();
@@ -375,8 +375,10 @@ async fn restart(sys: &mut System) -> f64 {
         let took = wait_ready(sys.echo_port, Duration::from_secs(30)).await;
         v.push(took.map(|_| t0.elapsed().as_secs_f64()).unwrap_or(f64::NAN));
         // Restarts are minutes apart in life: let the new session count as healthy (agents
-        // reset their backoff after 5 s) before the next kill.
-        tokio::time::sleep(Duration::from_secs(6)).await;
+        // reset their backoff after 5 s) before the next kill. The extra offset spreads the
+        // kills over the 2 s keep-alive period, so no run lands in phase with it.
+        let offset = Duration::from_millis(400 * i as u64);
+        tokio::time::sleep(Duration::from_secs(6) + offset).await;
     }
     median(v)
 }

@@ -89,6 +89,10 @@ pub struct LimitsConfig {
     /// Time an agent has to finish the QUIC handshake and send its Hello.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Agent connections allowed between the first packet and a verified Hello; beyond it new
+    /// ones are refused, so a handshake flood cannot exhaust the relay.
+    #[serde(default = "default_pending_handshakes")]
+    pub pending_handshakes: usize,
     /// Time the agent has to connect to its target and answer a new stream.
     #[serde(default = "default_stream_open_timeout", with = "humantime_serde")]
     pub stream_open_timeout: Duration,
@@ -102,6 +106,9 @@ pub struct LimitsConfig {
 
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_pending_handshakes() -> usize {
+    256
 }
 fn default_stream_open_timeout() -> Duration {
     Duration::from_secs(15)
@@ -117,6 +124,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             handshake_timeout: default_handshake_timeout(),
+            pending_handshakes: default_pending_handshakes(),
             stream_open_timeout: default_stream_open_timeout(),
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
@@ -224,6 +232,9 @@ impl RelayConfig {
                 "quic.stream_window",
                 "must be at least 65536 and at most quic.receive_window",
             );
+        }
+        if self.limits.pending_handshakes == 0 {
+            return bad("limits.pending_handshakes", "must be at least 1");
         }
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");

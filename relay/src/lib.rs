@@ -115,6 +115,9 @@ impl Relay {
         let tracker = TaskTracker::new();
         let shared = self.shared.clone();
         tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(
+            shared.config.limits.pending_handshakes,
+        ));
         tracing::info!(quic = %self.quic_addr(), fingerprint = %self.fingerprint, "relay ready");
         loop {
             let incoming = tokio::select! {
@@ -124,10 +127,17 @@ impl Relay {
                     None => break,
                 },
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "too many agent handshakes in progress; refusing");
+                incoming.refuse();
+                continue;
+            };
             let span = tracing::info_span!("agent_conn", remote = %incoming.remote_address());
             let shared = shared.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(session::handle_incoming(shared, incoming, shutdown).instrument(span));
+            tracker.spawn(
+                session::handle_incoming(shared, incoming, shutdown, permit).instrument(span),
+            );
         }
         tracing::info!("relay shutting down: telling agents to go away and draining");
         tracker.close();

@@ -47,6 +47,7 @@ pub(crate) async fn handle_incoming(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
     shutdown: CancellationToken,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let limit = shared.config.limits.handshake_timeout;
     let conn = match tokio::time::timeout(limit, async { incoming.accept()?.await }).await {
@@ -88,6 +89,7 @@ pub(crate) async fn handle_incoming(
         Ok(c) => c,
         Err(r) => return send_reject(&conn, &mut ctrl, r).await,
     };
+    drop(handshake_permit);
     let span = tracing::info_span!("session", agent = %claims.sub);
     run_session(shared, conn, ctrl, hello, claims, shutdown)
         .instrument(span)

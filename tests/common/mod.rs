@@ -285,6 +285,32 @@ pub fn session_of(s: &Status) -> u64 {
     }
 }
 
+/// A relay and an agent publishing `target` as a tcp tunnel on `port`, connected.
+pub struct Tunnel {
+    pub relay: TestRelay,
+    pub agent: TestAgent,
+    pub port: u16,
+}
+
+/// Start a relay and an agent with one tcp tunnel to `target`; wait until it is up.
+pub async fn tcp_tunnel(target: SocketAddr) -> Tunnel {
+    let relay = TestRelay::start().await;
+    let port = free_port();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
+        .tcp("t", target, port)
+        .start()
+        .await;
+    agent.connected().await;
+    Tunnel { relay, agent, port }
+}
+
+impl Tunnel {
+    pub async fn stop(self) {
+        self.agent.stop().await;
+        self.relay.stop().await;
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

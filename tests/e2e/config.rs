@@ -43,3 +43,56 @@ fn invalid_configs_fail_with_their_message() {
     }
     assert!(n >= 5);
 }
+
+/// Every key of both configs appears in the README's configuration reference.
+#[test]
+fn every_config_key_is_documented() {
+    fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+        if let toml::Value::Table(t) = v {
+            for (k, v) in t {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(_) => keys(&name, v, out),
+                    toml::Value::Array(a) if a.first().is_some_and(|x| x.is_table()) => {
+                        keys(&name, &a[0], out)
+                    }
+                    _ => out.push(name),
+                }
+            }
+        }
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let mut relay = relay::RelayConfig::dev("/x".into());
+    relay.tls.cert = Some("/c".into());
+    relay.tls.key = Some("/k".into());
+    relay.auth.key_file = Some("/k".into());
+    let mut agent =
+        load_any(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/agent.toml"))
+            .map(|c| match c {
+                AnyConfig::Agent(a) => *a,
+                AnyConfig::Relay(_) => unreachable!(),
+            })
+            .unwrap();
+    agent.ca_file = Some("/ca".into());
+    agent.server_name = Some("x".into());
+    agent.token = Some(proto::Secret::new("t"));
+    agent.tunnels[0].hostname = Some("h".into());
+    agent.tunnels[0].proxy_protocol = Some(agent::config::ProxyProtocol::V2);
+    let mut all = Vec::new();
+    keys("", &toml::Value::try_from(&relay).unwrap(), &mut all);
+    keys("", &toml::Value::try_from(&agent).unwrap(), &mut all);
+    let missing: Vec<_> = all
+        .iter()
+        .map(|k| k.replace("tunnel.", "[[tunnel]] "))
+        .filter(|k| !readme.contains(&format!("`{k}`")) && !readme.contains(&format!("`{k}` /")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys missing from README's configuration reference: {missing:?}"
+    );
+}

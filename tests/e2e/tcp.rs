@@ -32,22 +32,11 @@ async fn echo_through_tunnel() {
     relay.stop().await;
 }
 
-fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_parallel_connections_each_1mib() {
-    let relay = TestRelay::start().await;
     let echo = echo_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .start()
-        .await;
-    agent.connected().await;
+    let t = tcp_tunnel(echo).await;
+    let port = t.port;
     let mut tasks = Vec::new();
     for i in 0..100u64 {
         tasks.push(tokio::spawn(async move {
@@ -76,8 +65,7 @@ async fn hundred_parallel_connections_each_1mib() {
             .expect("connections finish in time")
             .unwrap();
     }
-    agent.stop().await;
-    relay.stop().await;
+    t.stop().await;
 }
 
 /// A target that reads until the visitor's FIN, then answers with the SHA-256 of all bytes:
@@ -101,14 +89,9 @@ async fn hash_server() -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_256mib_with_checksum() {
-    let relay = TestRelay::start().await;
     let target = hash_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("sink", target, port)
-        .start()
-        .await;
-    agent.connected().await;
+    let t = tcp_tunnel(target).await;
+    let port = t.port;
     let mut s = visit(port).await;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut rng = rand::rngs::StdRng::seed_from_u64(256);
@@ -127,13 +110,11 @@ async fn transfer_256mib_with_checksum() {
         .unwrap();
     assert_eq!(digest, ctx.finish().as_ref(), "checksum of 256 MiB differs");
     eprintln!("256 MiB in {:?} (debug build)", started.elapsed());
-    agent.stop().await;
-    relay.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test]
 async fn half_close_keeps_the_other_direction() {
-    let relay = TestRelay::start().await;
     // Answers only after the visitor's FIN, after a pause.
     let target = tcp_server(|mut s| async move {
         let mut got = Vec::new();
@@ -145,31 +126,19 @@ async fn half_close_keeps_the_other_direction() {
         s.shutdown().await.unwrap();
     })
     .await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("t", target, port)
-        .start()
-        .await;
-    agent.connected().await;
+    let t = tcp_tunnel(target).await;
     assert_eq!(
-        roundtrip(port, &[7u8; 1000]).await,
+        roundtrip(t.port, &[7u8; 1000]).await,
         b"got 1000 bytes after your FIN"
     );
-    assert_eq!(sha256(b"").len(), 32);
-    agent.stop().await;
-    relay.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test]
 async fn target_down_closes_visitor_at_once() {
-    let relay = TestRelay::start().await;
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("dead", dead, port)
-        .start()
-        .await;
-    agent.connected().await;
+    let t = tcp_tunnel(dead).await;
+    let port = t.port;
     let started = Instant::now();
     let mut s = visit(port).await;
     let mut buf = [0u8; 16];
@@ -186,8 +155,7 @@ async fn target_down_closes_visitor_at_once() {
     let mut s2 = visit(port).await;
     let r2 = tokio::time::timeout(Duration::from_secs(5), s2.read(&mut buf)).await;
     assert!(matches!(r2, Ok(Ok(0)) | Ok(Err(_))));
-    agent.stop().await;
-    relay.stop().await;
+    t.stop().await;
 }
 
 #[tokio::test]
