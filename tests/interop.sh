@@ -34,7 +34,20 @@ fi
 grep -q "relay-typo.toml:4:1" "$WORK/check.log" || fail "typo error does not name file:line: $(cat "$WORK/check.log")"
 ok "periscope check names file and line of a typo"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Ports below the ephemeral range (32768+), so no client socket can squat them.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+while True:
+    p = random.randint(20000, 32000)
+    try:
+        t = socket.socket(); t.bind(("127.0.0.1", p))
+        u = socket.socket(type=socket.SOCK_DGRAM); u.bind(("127.0.0.1", p))
+        print(p); break
+    except OSError:
+        pass
+PY
+}
 QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port)
 
 # A TCP echo target (python, not ours).

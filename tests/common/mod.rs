@@ -311,12 +311,16 @@ impl Tunnel {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free port on 127.0.0.1 below Linux's ephemeral range (32768+): a test's client socket
+/// could otherwise connect to itself on a closed port, or squat a port a tunnel will bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use rand::Rng;
+    loop {
+        let p = rand::thread_rng().gen_range(20000..32000);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
 }
 
 /// Serve `handler` for each connection on an ephemeral port; the task ends with the test.
