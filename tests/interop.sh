@@ -107,8 +107,9 @@ sys.exit(1)
 PY
 }
 
+# Started with the common soft open-files limit of 1024: the relay must raise it itself.
 start_relay() {
-  "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
+  (ulimit -Sn 1024; exec "$BIN" relay --config "$WORK/relay.toml") 2>>"$WORK/relay.log" &
   RELAY=$!; PIDS+=($RELAY)
 }
 start_relay
@@ -123,6 +124,9 @@ AGENT=$!; PIDS+=($AGENT)
 wait_serving 10 >/dev/null || fail "tunnel did not come up"
 roundtrip "hello" || fail "round trip through the tunnel"
 ok "TCP round trip through relay and agent processes"
+read -r soft hard < <(awk '/Max open files/ {print $4, $5}' "/proc/$RELAY/limits")
+[ "$soft" = "$hard" ] || fail "relay kept a soft open-files limit of $soft (hard $hard)"
+ok "relay raised its open-files limit to $hard"
 if grep -q "$TOKEN" "$WORK"/*.log; then fail "the token appears in a log"; fi
 ok "the token never appears in the logs"
 

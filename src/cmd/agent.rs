@@ -98,6 +98,7 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let cfg = config_from(&args)?;
     let shutdown = crate::signal::shutdown_token()?;
+    crate::signal::raise_nofile_limit();
     let agent = Agent::new(cfg).await.context("starting the agent")?;
     agent.run(shutdown).await?;
     Ok(())

@@ -34,6 +34,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         config.listen.quic = q;
     }
     let shutdown = crate::signal::shutdown_token()?;
+    crate::signal::raise_nofile_limit();
     let relay = Relay::bind(config.clone())
         .await
         .context("starting the relay")?;
