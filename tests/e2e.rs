@@ -7,6 +7,7 @@ mod common;
 mod e2e {
     mod auth;
     mod config;
+    mod http;
     mod reconnect;
     mod tcp;
 }

@@ -377,11 +377,12 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
         .await;
         return;
     };
-    if tunnel.spec.kind != TunnelKind::Tcp {
+    // tcp and http tunnels are both a byte stream to the target (the relay speaks HTTP).
+    if tunnel.spec.kind == TunnelKind::Udp {
         let _ = fail(
             &mut stream,
             StreamErrorKind::UnknownTunnel,
-            format!("tunnel `{}` is not a tcp tunnel", tunnel.spec.name),
+            format!("tunnel `{}` is a udp tunnel", tunnel.spec.name),
         )
         .await;
         return;

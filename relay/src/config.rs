@@ -40,6 +40,9 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
+    /// TCP address of the HTTPS edge (visitors; HTTP/1.1 and HTTP/2).
+    #[serde(default = "default_https")]
+    pub https: SocketAddr,
     /// UDP address agents dial with QUIC.
     #[serde(default = "default_quic")]
     pub quic: SocketAddr,
@@ -48,6 +51,9 @@ pub struct ListenConfig {
     pub tunnels: IpAddr,
 }
 
+fn default_https() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 443))
+}
 fn default_quic() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 443))
 }
@@ -58,6 +64,7 @@ fn default_tunnels() -> IpAddr {
 impl Default for ListenConfig {
     fn default() -> Self {
         ListenConfig {
+            https: default_https(),
             quic: default_quic(),
             tunnels: default_tunnels(),
         }
@@ -192,13 +199,14 @@ impl RelayConfig {
         toml::from_str(text)
     }
 
-    /// A loopback relay for trying things out: QUIC on 127.0.0.1:4443, tunnel ports on
+    /// A loopback relay for trying things out: HTTPS on 127.0.0.1:8443, QUIC on 127.0.0.1:4443, tunnel ports on
     /// 127.0.0.1, domain `localhost`, self-signed certificate.
     pub fn dev(data_dir: PathBuf) -> Self {
         RelayConfig {
             domain: "localhost".into(),
             data_dir,
             listen: ListenConfig {
+                https: SocketAddr::from(([127, 0, 0, 1], 8443)),
                 quic: SocketAddr::from(([127, 0, 0, 1], 4443)),
                 tunnels: IpAddr::from([127, 0, 0, 1]),
             },

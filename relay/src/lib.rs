@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+mod http;
 pub mod identity;
 pub mod registry;
 mod session;
@@ -38,6 +39,10 @@ pub(crate) struct Shared {
     pub(crate) keys: TokenKeys,
     pub(crate) revocations: token::Revocations,
     pub(crate) registry: Registry,
+    /// HTTP routes by normalised hostname.
+    pub(crate) routes: dashmap::DashMap<String, http::Route>,
+    /// Port of the HTTPS edge, for public URLs.
+    pub(crate) https_port: u16,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -45,6 +50,8 @@ pub(crate) struct Shared {
 pub struct Relay {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    https: tokio::net::TcpListener,
+    https_tls: Arc<rustls::ServerConfig>,
     fingerprint: String,
 }
 
@@ -55,6 +62,17 @@ impl Relay {
         let id = identity::load(&config)?;
         let keys = TokenKeys::new(&id.signing_pkcs8, &config.domain)?;
         let revocations = token::Revocations::load(&config.data_dir)?;
+        let https_tls = http::tls_config(id.certs.clone(), id.key.clone_key())
+            .map_err(|e| RelayError::Key(format!("https certificate: {e}")))?;
+        let https = tokio::net::TcpListener::bind(config.listen.https)
+            .await
+            .map_err(|source| RelayError::Bind {
+                addr: format!("tcp {}", config.listen.https),
+                source,
+            })?;
+        let https_port = https
+            .local_addr()
+            .map_or(config.listen.https.port(), |a| a.port());
         let server = proto::transport::quic::server_config(
             id.certs.clone(),
             id.key.clone_key(),
@@ -82,8 +100,12 @@ impl Relay {
                 keys,
                 revocations,
                 registry: Registry::default(),
+                routes: dashmap::DashMap::new(),
+                https_port,
             }),
             endpoint,
+            https,
+            https_tls: Arc::new(https_tls),
             fingerprint: id.fingerprint,
         })
     }
@@ -93,6 +115,13 @@ impl Relay {
         self.endpoint
             .local_addr()
             .unwrap_or(self.shared.config.listen.quic)
+    }
+
+    /// The HTTPS address visitors use.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https
+            .local_addr()
+            .unwrap_or(self.shared.config.listen.https)
     }
 
     /// `sha256:` fingerprint of the certificate agents see.
@@ -113,12 +142,21 @@ impl Relay {
     /// Serve until `shutdown` is cancelled, then drain and close.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
         let tracker = TaskTracker::new();
+        let https_addr = self.https_addr();
+        let quic_addr = self.quic_addr();
         let shared = self.shared.clone();
         tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
         let handshakes = Arc::new(tokio::sync::Semaphore::new(
             shared.config.limits.pending_handshakes,
         ));
-        tracing::info!(quic = %self.quic_addr(), fingerprint = %self.fingerprint, "relay ready");
+        tracker.spawn(http::serve(
+            shared.clone(),
+            self.https,
+            self.https_tls,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        tracing::info!(quic = %quic_addr, https = %https_addr, fingerprint = %self.fingerprint, "relay ready");
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -169,10 +169,7 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
                 }
             }
             TunnelKind::Http => {
-                let host = t
-                    .hostname
-                    .clone()
-                    .unwrap_or_else(|| format!("{}.{}", t.name, shared.config.domain));
+                let host = http_host(shared, t);
                 if !claims.allows_host(&host) {
                     return Err(reject(
                         RejectReason::HostnameNotAllowed,
@@ -181,17 +178,71 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
                 }
             }
         }
-        if t.kind != TunnelKind::Tcp {
+        if t.kind == TunnelKind::Udp {
             return Err(reject(
                 RejectReason::BadTunnel,
                 format!(
-                    "{} tunnel `{}`: this relay version serves tcp tunnels only",
-                    t.kind, t.name
+                    "udp tunnel `{}`: this relay version serves tcp and http tunnels only",
+                    t.name
                 ),
             ));
         }
     }
     Ok(claims)
+}
+
+/// Public hostname of an http tunnel: the explicit one, or `NAME.DOMAIN`.
+fn http_host(shared: &Shared, t: &proto::TunnelSpec) -> String {
+    crate::token::normalize_host(
+        &t.hostname
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", t.name, shared.config.domain)),
+    )
+}
+
+/// Claim the hostnames of the http tunnels for session `id`; a hostname held by another
+/// agent is refused.
+fn claim_routes(
+    shared: &Shared,
+    hello: &Hello,
+    agent: &str,
+    id: u64,
+    conn: &Connection,
+) -> Result<Vec<(u32, String)>, Reject> {
+    let mut claimed = Vec::new();
+    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Http) {
+        let host = http_host(shared, t);
+        if let Some(other) = shared.routes.get(&host) {
+            if other.agent != agent {
+                let other_agent = other.agent.clone();
+                drop(other);
+                release_routes(shared, id);
+                return Err(reject(
+                    RejectReason::InUse,
+                    format!("hostname {host} is served by agent `{other_agent}`"),
+                ));
+            }
+        }
+        shared.routes.insert(
+            host.clone(),
+            crate::http::Route {
+                agent: agent.to_string(),
+                session: id,
+                conn: conn.clone(),
+                tunnel: t.id,
+            },
+        );
+        let port = match shared.https_port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        claimed.push((t.id, format!("https://{host}{port}")));
+    }
+    Ok(claimed)
+}
+
+fn release_routes(shared: &Shared, id: u64) {
+    shared.routes.retain(|_, r| r.session != id);
 }
 
 async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reject> {
@@ -247,6 +298,10 @@ async fn run_session(
         Err(r) => return send_reject(&conn, &mut ctrl, r).await,
     };
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let routes = match claim_routes(&shared, &hello, &claims.sub, id, &conn) {
+        Ok(r) => r,
+        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+    };
     let welcome = Welcome {
         session: id,
         agent: claims.sub.clone(),
@@ -256,10 +311,15 @@ async fn run_session(
                 id: b.id,
                 public: b.public.clone(),
             })
+            .chain(routes.iter().map(|(id, url)| Assigned {
+                id: *id,
+                public: url.clone(),
+            }))
             .collect(),
     };
     if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(welcome)).await {
         tracing::debug!("agent left before Welcome: {e}");
+        release_routes(&shared, id);
         return;
     }
     let tasks = TaskTracker::new();
@@ -267,6 +327,7 @@ async fn run_session(
     let public: Vec<String> = bound
         .iter()
         .map(|b| format!("{} -> {}", b.public, b.name))
+        .chain(routes.iter().map(|(_, url)| url.clone()))
         .collect();
     tracing::info!(
         session = id,
@@ -344,6 +405,7 @@ async fn run_session(
     cancel.cancel();
     tasks.close();
     shared.registry.remove_if(&claims.sub, id);
+    release_routes(&shared, id);
     tracing::info!(session = id, "agent disconnected: {ended}");
     let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
 }

@@ -7,6 +7,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -44,6 +45,7 @@ pub fn trace() {
 /// A relay running on its own single-threaded runtime.
 pub struct TestRelay {
     pub addr: SocketAddr,
+    pub https: SocketAddr,
     pub fingerprint: String,
     pub config: RelayConfig,
     keys: relay::TokenKeys,
@@ -66,7 +68,10 @@ impl TestRelay {
     /// A relay using `data_dir` and `quic` (to restart one on the same port and identity).
     pub async fn start_in(data_dir: &Path, quic: SocketAddr) -> TestRelay {
         let mut config = RelayConfig::dev(data_dir.join("data"));
+        // Two labels under the wildcard: webpki refuses `*.localhost`.
+        config.domain = "relay.localhost".into();
         config.listen.quic = quic;
+        config.listen.https = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -81,14 +86,20 @@ impl TestRelay {
         rt.spawn(async move {
             let relay = Relay::bind(cfg).await.expect("relay bind");
             let keys = relay.keys().clone();
-            let _ = ready_tx.send((relay.quic_addr(), relay.fingerprint().to_string(), keys));
+            let _ = ready_tx.send((
+                relay.quic_addr(),
+                relay.https_addr(),
+                relay.fingerprint().to_string(),
+                keys,
+            ));
             relay.run(token).await.expect("relay run");
             let _ = done_tx.send(());
         });
-        let (addr, fingerprint, keys) = ready_rx.await.expect("relay started");
+        let (addr, https, fingerprint, keys) = ready_rx.await.expect("relay started");
         config.listen.quic = addr;
         TestRelay {
             addr,
+            https,
             fingerprint,
             config,
             keys,
@@ -123,7 +134,7 @@ impl TestRelay {
             .issue(
                 &IssueRequest {
                     agent: agent.into(),
-                    hosts: vec![format!("{agent}.localhost")],
+                    hosts: vec![format!("{agent}.relay.localhost")],
                     tcp_ports: tcp_ports
                         .iter()
                         .map(|&p| PortRange { lo: p, hi: p })
@@ -153,10 +164,13 @@ impl TestRelay {
         }
     }
 
-    /// Like `kill -9`: every task and socket of the relay vanishes without a word.
-    pub fn kill(mut self) {
+    /// Like `kill -9`: every task and socket of the relay vanishes without a word. Returns
+    /// once the runtime is gone, so its sockets are closed and the ports free again.
+    pub async fn kill(mut self) {
         if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
+            tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
+                .await
+                .expect("runtime shut down");
         }
     }
 }
@@ -198,6 +212,18 @@ impl AgentBuilder {
             kind: agent::config::Kind::Tcp,
             target: target.to_string(),
             remote_port: Some(remote_port),
+            hostname: None,
+            proxy_protocol: None,
+        });
+        self
+    }
+
+    pub fn http(mut self, name: &str, target: SocketAddr) -> Self {
+        self.config.tunnels.push(TunnelConfig {
+            name: name.into(),
+            kind: agent::config::Kind::Http,
+            target: target.to_string(),
+            remote_port: None,
             hostname: None,
             proxy_protocol: None,
         });
@@ -367,4 +393,95 @@ pub async fn roundtrip(port: u16, msg: &[u8]) -> Vec<u8> {
         .expect("reply in time")
         .expect("read");
     out
+}
+
+/// HTTPS client for the relay's edge: trusts the relay's self-signed certificate, connects
+/// with SNI `sni`, speaks HTTP/2 when `h2`, else HTTP/1.1.
+pub async fn https_request(
+    relay: &TestRelay,
+    sni: &str,
+    h2: bool,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let pem = std::fs::read(relay.data_dir().join("self-signed.crt")).unwrap();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(tokio_rustls::rustls::pki_types::CertificateDer::from(
+            pem::parse(pem).unwrap().into_contents(),
+        ))
+        .unwrap();
+    let mut tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let tcp = TcpStream::connect(relay.https).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let io = TokioIo::new(stream);
+    if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    }
+}
+
+/// A fake recorder web server (HTTP/1.1): `/headers` answers with the request headers it saw,
+/// one per line; `/stream` sends "frame-1" at once and "frame-2" only after `release` fires.
+pub async fn http_target(release: Arc<tokio::sync::Notify>) -> SocketAddr {
+    use http_body_util::BodyExt;
+    tcp_server(move |s| {
+        let release = release.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let release = release.clone();
+                    async move {
+                        let body = match req.uri().path() {
+                            "/stream" => {
+                                let (mut tx, body) = http_body_util::channel::Channel::<
+                                    bytes::Bytes,
+                                    std::convert::Infallible,
+                                >::new(4);
+                                tokio::spawn(async move {
+                                    let _ = tx.send_data("frame-1\n".into()).await;
+                                    release.notified().await;
+                                    let _ = tx.send_data("frame-2\n".into()).await;
+                                });
+                                body.boxed()
+                            }
+                            _ => {
+                                let mut text = String::new();
+                                for (k, v) in req.headers() {
+                                    text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+                                }
+                                http_body_util::Full::new(bytes::Bytes::from(text)).boxed()
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+        }
+    })
+    .await
 }

@@ -40,7 +40,7 @@ async fn killed_relay_restart_agent_back_fast() {
         .start()
         .await;
     agent.connected().await;
-    relay.kill();
+    relay.kill().await;
     let t0 = Instant::now();
     let relay = TestRelay::start_in(dir.path(), addr).await;
     // Session ids restart with the new process, so wait for a fresh Connected after a drop.

@@ -22,7 +22,7 @@ async fn echo_through_tunnel() {
     };
     assert_eq!(
         public,
-        vec![("echo".to_string(), format!("tcp://localhost:{port}"))]
+        vec![("echo".to_string(), format!("tcp://relay.localhost:{port}"))]
     );
     assert_eq!(
         roundtrip(port, b"hello through the tunnel").await,

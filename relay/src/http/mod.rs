@@ -1,0 +1,134 @@
+//! The HTTPS edge: TLS with SNI, HTTP/1.1 and HTTP/2 (ALPN) to visitors, each request carried
+//! to the agent on its own stream.
+
+mod forward;
+mod pages;
+
+pub(crate) use forward::Route;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::Shared;
+
+/// Response body type of the edge: the target's streamed body or an error page.
+pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// TLS handshakes that take longer are dropped (slowloris on the handshake).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// rustls config for visitors: the relay's certificate, ALPN h2 and http/1.1.
+pub(crate) fn tls_config(
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(proto::transport::quic::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Accept visitors until `shutdown`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("https accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let span = tracing::debug_span!("visitor", visitor.addr = %peer);
+        tasks.spawn(
+            connection(
+                shared.clone(),
+                acceptor.clone(),
+                sock,
+                peer,
+                shutdown.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    sock: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let _ = sock.set_nodelay(true);
+    let Ok(local) = sock.local_addr() else { return };
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let sni = tls
+        .get_ref()
+        .1
+        .server_name()
+        .map(crate::token::normalize_host);
+    let ctx = Arc::new(forward::Visitor { peer, local, sni });
+    let grace = shared.config.limits.shutdown_grace;
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward::handle(shared, ctx, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            tracing::debug!("visitor connection ended: {e}");
+        },
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
+    }
+}
