@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
 
 echo "interop: building the release binary"
 cargo build --release --locked --bin periscope
@@ -48,7 +51,12 @@ while True:
         pass
 PY
 }
-QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port)
+QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port)
+
+# A web target: python's own http.server, serving one file.
+mkdir -p "$WORK/www" && echo "hello from the recorder" >"$WORK/www/hello.txt"
+python3 -m http.server "$WEB" --bind 127.0.0.1 --directory "$WORK/www" >"$WORK/web.log" 2>&1 &
+PIDS+=($!)
 
 # A TCP echo target (python, not ours).
 python3 - "$ECHO" >"$WORK/echo.log" 2>&1 <<'PY' &
@@ -67,11 +75,15 @@ PY
 PIDS+=($!)
 
 cat >"$WORK/relay.toml" <<TOML
-domain = "localhost"
+domain = "relay.localhost"
 data_dir = "$WORK/data"
 [listen]
+https = "127.0.0.1:$HTTPS"
 quic = "127.0.0.1:$QUIC"
 tunnels = "127.0.0.1"
+[[access]]
+host = "cam.relay.localhost"
+public = true
 TOML
 
 # roundtrip MSG: send, half-close, expect the echo; bounded by a timeout.
@@ -116,10 +128,10 @@ start_relay
 for _ in $(seq 100); do [ -f "$WORK/data/self-signed.crt" ] && break; sleep 0.05; done
 FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2)
 [ -n "$FP" ] || fail "relay printed no fingerprint"
-TOKEN=$("$BIN" token issue --config "$WORK/relay.toml" --agent home --tcp-port "$PORT" --ttl 1h 2>"$WORK/token.log")
+TOKEN=$("$BIN" token issue --config "$WORK/relay.toml" --agent home --tcp-port "$PORT" --host cam.relay.localhost --ttl 1h 2>"$WORK/token.log")
 JTI=$(grep -o 'id [0-9a-f]*' "$WORK/token.log" | cut -d' ' -f2)
 PERISCOPE_TOKEN="$TOKEN" "$BIN" agent --relay "127.0.0.1:$QUIC" --fingerprint "$FP" \
-  --tcp "echo=127.0.0.1:$ECHO:$PORT" 2>>"$WORK/agent.log" &
+  --tcp "echo=127.0.0.1:$ECHO:$PORT" --http "cam=127.0.0.1:$WEB" 2>>"$WORK/agent.log" &
 AGENT=$!; PIDS+=($AGENT)
 wait_serving 10 >/dev/null || fail "tunnel did not come up"
 roundtrip "hello" || fail "round trip through the tunnel"
@@ -127,6 +139,19 @@ ok "TCP round trip through relay and agent processes"
 read -r soft hard < <(awk '/Max open files/ {print $4, $5}' "/proc/$RELAY/limits")
 [ "$soft" = "$hard" ] || fail "relay kept a soft open-files limit of $soft (hard $hard)"
 ok "relay raised its open-files limit to $hard"
+# curl through the HTTPS edge, trusting the relay's self-signed certificate.
+CURL=(curl -sS --max-time 10 --cacert "$WORK/data/self-signed.crt" --resolve "cam.relay.localhost:$HTTPS:127.0.0.1" --resolve "nobody.relay.localhost:$HTTPS:127.0.0.1")
+for v in --http1.1 --http2; do
+  out=$("${CURL[@]}" "$v" -w ' %{http_version} %{http_code}' "https://cam.relay.localhost:$HTTPS/hello.txt") || fail "curl $v through the edge"
+  case "$out" in
+    "hello from the recorder"*" 200") ;;
+    *) fail "curl $v got: $out" ;;
+  esac
+done
+ok "curl over HTTP/1.1 and HTTP/2 through the HTTPS edge"
+code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://nobody.relay.localhost:$HTTPS/") || true
+[ "$code" = "404" ] || fail "unknown hostname answered $code, not 404"
+ok "unknown hostname: 404"
 if grep -q "$TOKEN" "$WORK"/*.log; then fail "the token appears in a log"; fi
 ok "the token never appears in the logs"
 

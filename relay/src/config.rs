@@ -34,6 +34,21 @@ pub struct RelayConfig {
     /// QUIC transport tuning.
     #[serde(default)]
     pub quic: QuicConfig,
+    /// Access rules for http hostnames. Deny by default: a hostname without a rule saying
+    /// `public = true` is refused (logins arrive with the edge access control).
+    #[serde(default, rename = "access", skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRule>,
+}
+
+/// One `[[access]]` rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Hostname (exact, or `*.domain` for one label).
+    pub host: String,
+    /// Open to everyone on the internet, without a login.
+    #[serde(default)]
+    pub public: bool,
 }
 
 /// `[listen]`
@@ -214,6 +229,7 @@ impl RelayConfig {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             quic: QuicConfig::default(),
+            access: Vec::new(),
         }
     }
 
@@ -248,6 +264,13 @@ impl RelayConfig {
             return bad("limits.connections_per_tunnel", "must be at least 1");
         }
         Ok(())
+    }
+
+    /// Is `host` open to everyone by a `public = true` rule?
+    pub fn is_public(&self, host: &str) -> bool {
+        self.access
+            .iter()
+            .any(|a| a.public && crate::token::host_matches(&a.host, host))
     }
 
     /// Path of the token signing key.

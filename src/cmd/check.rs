@@ -9,6 +9,12 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let text = match load_any(path)? {
         AnyConfig::Relay(c) => {
             eprintln!("{}: valid relay configuration", path.display());
+            for a in c.access.iter().filter(|a| a.public) {
+                eprintln!(
+                    "warning: [[access]] {} is public: anyone on the internet can reach it without a login",
+                    a.host
+                );
+            }
             toml::to_string_pretty(&c)?
         }
         AnyConfig::Agent(mut c) => {

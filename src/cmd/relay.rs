@@ -42,8 +42,9 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         print_dev_banner(&relay, &config)?;
     } else {
         eprintln!(
-            "relay listening on {} (QUIC); certificate fingerprint {}",
+            "relay listening on {} (QUIC) and {} (HTTPS); certificate fingerprint {}",
             relay.quic_addr(),
+            relay.https_addr(),
             relay.fingerprint()
         );
     }
@@ -66,13 +67,14 @@ fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
         .next()
         .unwrap_or_else(|| "periscope".into());
     eprintln!(
-        "\nperiscope relay (dev mode) on {quic} (QUIC, loopback only)\n\
+        "\nperiscope relay (dev mode) on {quic} (QUIC) and https://{https} (loopback only)\n\
          data directory: {data}\n\
          certificate fingerprint: {fp}\n\n\
          Run an agent (token for agent \"dev\", tcp/udp ports 1024-65535, valid 30 days, id {jti}):\n\n  \
          {exe} agent --relay {quic} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
          then: ssh -p 2222 127.0.0.1\n",
         quic = relay.quic_addr(),
+        https = relay.https_addr(),
         data = config.data_dir.display(),
         fp = relay.fingerprint(),
         jti = claims.jti,

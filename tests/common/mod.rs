@@ -65,14 +65,32 @@ impl TestRelay {
         r
     }
 
+    /// A fresh relay whose config `f` adjusts.
+    pub async fn start_configured(f: impl FnOnce(&mut RelayConfig)) -> TestRelay {
+        trace();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = Self::start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), f).await;
+        r._dir = Some(dir);
+        r
+    }
+
     /// A relay using `data_dir` and `quic` (to restart one on the same port and identity).
     pub async fn start_in(data_dir: &Path, quic: SocketAddr) -> TestRelay {
+        Self::start_with(data_dir, quic, |_| {}).await
+    }
+
+    async fn start_with(
+        data_dir: &Path,
+        quic: SocketAddr,
+        f: impl FnOnce(&mut RelayConfig),
+    ) -> TestRelay {
         let mut config = RelayConfig::dev(data_dir.join("data"));
         // Two labels under the wildcard: webpki refuses `*.localhost`.
         config.domain = "relay.localhost".into();
         config.listen.quic = quic;
         config.listen.https = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
+        f(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -52,13 +52,15 @@ fn every_config_key_is_documented() {
             for (k, v) in t {
                 let name = if prefix.is_empty() {
                     k.clone()
+                } else if prefix.starts_with("[[") {
+                    format!("{prefix} {k}")
                 } else {
                     format!("{prefix}.{k}")
                 };
                 match v {
                     toml::Value::Table(_) => keys(&name, v, out),
                     toml::Value::Array(a) if a.first().is_some_and(|x| x.is_table()) => {
-                        keys(&name, &a[0], out)
+                        keys(&format!("[[{name}]]"), &a[0], out)
                     }
                     _ => out.push(name),
                 }
@@ -71,6 +73,10 @@ fn every_config_key_is_documented() {
     relay.tls.cert = Some("/c".into());
     relay.tls.key = Some("/k".into());
     relay.auth.key_file = Some("/k".into());
+    relay.access.push(relay::config::AccessRule {
+        host: "h".into(),
+        public: true,
+    });
     let mut agent =
         load_any(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/agent.toml"))
             .map(|c| match c {
@@ -88,7 +94,6 @@ fn every_config_key_is_documented() {
     keys("", &toml::Value::try_from(&agent).unwrap(), &mut all);
     let missing: Vec<_> = all
         .iter()
-        .map(|k| k.replace("tunnel.", "[[tunnel]] "))
         .filter(|k| !readme.contains(&format!("`{k}`")) && !readme.contains(&format!("`{k}` /")))
         .collect();
     assert!(

@@ -8,10 +8,21 @@ use http_body_util::{BodyExt, Full};
 
 use crate::common::*;
 
+/// A relay whose `cam.relay.localhost` is public.
+async fn public_relay() -> TestRelay {
+    TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        })
+    })
+    .await
+}
+
 async fn cam() -> (TestRelay, TestAgent, Arc<tokio::sync::Notify>) {
     let release = Arc::new(tokio::sync::Notify::new());
     let target = http_target(release.clone()).await;
-    let relay = TestRelay::start().await;
+    let relay = public_relay().await;
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
         .http("cam", target)
         .start()
@@ -105,7 +116,7 @@ async fn unknown_host_is_404_and_sni_mismatch_is_421() {
 
 #[tokio::test]
 async fn dead_target_is_a_fast_502() {
-    let relay = TestRelay::start().await;
+    let relay = public_relay().await;
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
         .http("cam", dead)
@@ -149,6 +160,32 @@ async fn streamed_response_is_not_buffered() {
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, "frame-2\n");
     }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn private_by_default() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let target = http_target(release).await;
+    let relay = TestRelay::start().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    let r = https_request(
+        &relay,
+        "cam.relay.localhost",
+        false,
+        get("cam.relay.localhost", "/headers"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !text(r).await.contains("x-forwarded-for"),
+        "nothing reached the recorder"
+    );
     agent.stop().await;
     relay.stop().await;
 }

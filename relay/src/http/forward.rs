@@ -81,6 +81,14 @@ pub(crate) async fn handle(
             "There is nothing at this address.",
         );
     };
+    // Deny by default: nothing reaches the recorder unless the operator opened this hostname.
+    if !shared.config.is_public(&host) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Login required",
+            "This site is private. Its owner has not opened it to visitors without a login.",
+        );
+    }
     forward(&shared, &v, route, host, req).await
 }
 
