@@ -422,6 +422,28 @@ pub async fn https_request(
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> http::Response<hyper::body::Incoming> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tls_connect(relay, sni, if h2 { b"h2" } else { b"http/1.1" }).await;
+    let io = TokioIo::new(stream);
+    if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    }
+}
+
+/// TLS to the relay's HTTPS edge with SNI `sni` and one ALPN protocol, trusting the relay's
+/// self-signed certificate.
+pub async fn tls_connect(
+    relay: &TestRelay,
+    sni: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let pem = std::fs::read(relay.data_dir().join("self-signed.crt")).unwrap();
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots
@@ -436,29 +458,14 @@ pub async fn https_request(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    tls.alpn_protocols = vec![if h2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(relay.https).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
         .unwrap();
-    let io = TokioIo::new(stream);
-    if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    }
+    stream
 }
 
 /// A fake recorder web server (HTTP/1.1): `/headers` answers with the request headers it saw,

@@ -189,3 +189,43 @@ async fn private_by_default() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn websocket_through_the_edge() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let target = tcp_server(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let relay = public_relay().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    let tls = tls_connect(&relay, "cam.relay.localhost", b"http/1.1").await;
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://cam.relay.localhost/live", tls)
+        .await
+        .expect("websocket handshake through the relay");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for i in 0..3 {
+        ws.send(Message::text(format!("frame {i}"))).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text(format!("frame {i}")));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
