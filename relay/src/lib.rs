@@ -3,7 +3,8 @@
 //! The public edge. Agents dial in over QUIC ([`quic`] accept loop), authenticate with a JWT
 //! ([`token`]) on their control stream, and register tunnels ([`session`]). For each TCP
 //! tunnel the relay listens on the public port ([`tcp_tunnel`]) and carries every visitor
-//! connection to the agent on its own stream.
+//! connection to the agent on its own stream. The HTTPS edge (`http`) routes visitor
+//! requests by hostname to http tunnels, one stream per request.
 //!
 //! Lifecycle: [`Relay::bind`] loads the identity and binds the QUIC socket (port 0 works, for
 //! tests), [`Relay::run`] serves until the shutdown token fires, then sends `GoAway` to every
@@ -11,7 +12,7 @@
 //!
 //! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
 //! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
-//! name), `session` (one agent), `tcp_tunnel` (public TCP ports).
+//! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
 
 pub mod config;
 pub mod error;
