@@ -23,6 +23,8 @@ pub(crate) struct Visitor {
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) sni: Option<String>,
+    /// Owns the per-request tasks (target connection, upgraded copy).
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 /// Where an http hostname goes.
@@ -194,7 +196,7 @@ async fn forward(
         }
     };
     // The connection task ends when the request (or the upgraded connection) is done.
-    tokio::spawn(async move {
+    v.tasks.spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("target connection: {e}");
         }
@@ -216,7 +218,7 @@ async fn forward(
     if switching {
         if let Some(visitor_upgrade) = visitor_upgrade {
             let target_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
+            v.tasks.spawn(async move {
                 if let (Ok(a), Ok(b)) = tokio::join!(visitor_upgrade, target_upgrade) {
                     let _ =
                         tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
@@ -354,6 +356,7 @@ mod tests {
             peer: "203.0.113.9:5555".parse().unwrap(),
             local: "127.0.0.1:443".parse().unwrap(),
             sni: None,
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         prepare_request(&mut r, &v, "cam.example.com", false);
         assert_eq!(r.uri(), "/live?x=1");

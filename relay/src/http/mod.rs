@@ -70,6 +70,7 @@ pub(crate) async fn serve(
                 sock,
                 peer,
                 shutdown.clone(),
+                tasks.clone(),
             )
             .instrument(span),
         );
@@ -82,6 +83,7 @@ async fn connection(
     sock: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     let _ = sock.set_nodelay(true);
     let Ok(local) = sock.local_addr() else { return };
@@ -101,7 +103,12 @@ async fn connection(
         .1
         .server_name()
         .map(crate::token::normalize_host);
-    let ctx = Arc::new(forward::Visitor { peer, local, sni });
+    let ctx = Arc::new(forward::Visitor {
+        peer,
+        local,
+        sni,
+        tasks,
+    });
     let grace = shared.config.limits.shutdown_grace;
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
