@@ -7,17 +7,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-#[tokio::test]
-async fn graceful_relay_restart_agent_comes_back() {
+/// A relay whose data directory survives restarts, and an agent with an echo tunnel on `port`.
+async fn restartable() -> (tempfile::TempDir, TestRelay, TestAgent, u16) {
     let dir = tempfile::tempdir().unwrap();
     let relay = TestRelay::start_in(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let addr = relay.addr;
     let echo = echo_server().await;
     let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
+    let agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
         .tcp("echo", echo, port)
         .start()
         .await;
+    (dir, relay, agent, port)
+}
+
+#[tokio::test]
+async fn graceful_relay_restart_agent_comes_back() {
+    let (dir, relay, mut agent, port) = restartable().await;
+    let addr = relay.addr;
     let first = session_of(&agent.connected().await);
     assert_eq!(roundtrip(port, b"before").await, b"before");
     relay.stop().await;
@@ -30,20 +36,13 @@ async fn graceful_relay_restart_agent_comes_back() {
 
 #[tokio::test]
 async fn killed_relay_restart_agent_back_fast() {
-    let dir = tempfile::tempdir().unwrap();
-    let relay = TestRelay::start_in(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let (dir, relay, mut agent, port) = restartable().await;
     let addr = relay.addr;
-    let echo = echo_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .start()
-        .await;
     agent.connected().await;
     relay.kill().await;
     let t0 = Instant::now();
     let relay = TestRelay::start_in(dir.path(), addr).await;
-    // Session ids restart with the new process, so wait for a fresh Connected after a drop.
+    // Wait for the drop to be noticed, then for the new session.
     agent
         .wait_for("notices the restart", |s| {
             !matches!(s, Status::Connected { .. })
