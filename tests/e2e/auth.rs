@@ -160,3 +160,53 @@ async fn wrong_fingerprint_is_a_clear_error() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn relay_verified_by_ca_file_and_name() {
+    let relay = TestRelay::start().await;
+    let echo = echo_server().await;
+    let port = free_port();
+    let ca = relay.data_dir().join("self-signed.crt");
+    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
+        .tcp("echo", echo, port)
+        .configure(|c| {
+            c.fingerprint = None;
+            c.ca_file = Some(ca.clone());
+            c.server_name = Some("relay.localhost".into());
+        })
+        .start()
+        .await;
+    agent.connected().await;
+    assert_eq!(roundtrip(port, b"ca").await, b"ca");
+    agent.stop().await;
+
+    // Same CA, but a name the certificate does not carry: refused, with a reason.
+    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
+        .tcp("echo", echo, port)
+        .configure(|c| {
+            c.fingerprint = None;
+            c.ca_file = Some(ca);
+            c.server_name = Some("other.example".into());
+        })
+        .start()
+        .await;
+    let s = agent
+        .wait_for("failing", |s| {
+            matches!(
+                s,
+                Status::Connecting {
+                    last_error: Some(_),
+                    ..
+                }
+            )
+        })
+        .await;
+    let Status::Connecting {
+        last_error: Some(e),
+        ..
+    } = s
+    else {
+        unreachable!()
+    };
+    assert!(e.contains("not valid for name \"other.example\""), "{e}");
+}
