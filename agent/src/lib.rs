@@ -55,11 +55,13 @@ pub enum Status {
 }
 
 /// A tunnel with its target resolved and pinned.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Tunnel {
     pub(crate) spec: TunnelSpec,
     pub(crate) target: SocketAddr,
     pub(crate) proxy_v2: bool,
+    /// When the current target outage was last logged at warn level.
+    pub(crate) target_down: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A configured agent, ready to run.
@@ -101,6 +103,7 @@ impl Agent {
                 },
                 target,
                 proxy_v2: t.proxy_protocol.is_some(),
+                target_down: std::sync::Mutex::new(None),
             });
         }
         let (tls, pinned) = tls::client_tls(&config)?;

@@ -390,62 +390,89 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
     let span =
         tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);
     async {
-        let mut sock =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    let kind = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                        StreamErrorKind::Refused
-                    } else {
-                        StreamErrorKind::Unreachable
-                    };
-                    tracing::warn!(
-                        "target {} of tunnel `{}`: {e}",
+        let connected =
+            tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await;
+        let (kind, detail) = match connected {
+            Ok(Ok(s)) => {
+                let was_down = tunnel
+                    .target_down
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if was_down.is_some() {
+                    tracing::info!(
+                        "target {} of tunnel `{}` answers again",
                         tunnel.target,
                         tunnel.spec.name
                     );
-                    let _ = fail(&mut stream, kind, e.to_string()).await;
-                    return;
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        "target {} of tunnel `{}` did not answer within {connect_timeout:?}",
-                        tunnel.target,
-                        tunnel.spec.name
-                    );
-                    let _ = fail(
-                        &mut stream,
-                        StreamErrorKind::Timeout,
-                        format!("no answer within {connect_timeout:?}"),
-                    )
-                    .await;
-                    return;
-                }
-            };
-        if tunnel.proxy_v2 {
-            let header = proxy::v2_header(open.visitor, open.server, proxy::Transport::Stream);
-            if let Err(e) = sock.write_all(&header).await {
-                tracing::debug!("writing PROXY header: {e}");
-                return;
+                return serve_target(tunnel, &open, stream, s).await;
             }
-        }
-        if write_frame(&mut stream.send, &StreamReply::Connected)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        match splice(sock, stream).await {
-            Ok(s) => tracing::debug!(
-                up = s.stream_to_tcp,
-                down = s.tcp_to_stream,
-                "connection done"
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                (StreamErrorKind::Refused, e.to_string())
+            }
+            Ok(Err(e)) => (StreamErrorKind::Unreachable, e.to_string()),
+            Err(_) => (
+                StreamErrorKind::Timeout,
+                format!("no answer within {connect_timeout:?}"),
             ),
-            Err(e) => tracing::debug!("connection aborted: {e}"),
+        };
+        // Warn once per outage (and every minute while it lasts), not once per visitor.
+        let loud = {
+            let mut down = tunnel.target_down.lock().unwrap_or_else(|e| e.into_inner());
+            let loud = down.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+            if loud {
+                *down = Some(Instant::now());
+            }
+            loud
+        };
+        if loud {
+            tracing::warn!(
+                "target {} of tunnel `{}`: {detail}",
+                tunnel.target,
+                tunnel.spec.name
+            );
+        } else {
+            tracing::debug!(
+                "target {} of tunnel `{}`: {detail}",
+                tunnel.target,
+                tunnel.spec.name
+            );
         }
+        let _ = fail(&mut stream, kind, detail).await;
     }
     .instrument(span)
     .await
+}
+
+/// The target is connected: PROXY header if configured, tell the relay, copy bytes.
+async fn serve_target(
+    tunnel: &Tunnel,
+    open: &StreamOpen,
+    mut stream: BiStream,
+    mut sock: TcpStream,
+) {
+    if tunnel.proxy_v2 {
+        let header = proxy::v2_header(open.visitor, open.server, proxy::Transport::Stream);
+        if let Err(e) = sock.write_all(&header).await {
+            tracing::debug!("writing PROXY header: {e}");
+            return;
+        }
+    }
+    if write_frame(&mut stream.send, &StreamReply::Connected)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match splice(sock, stream).await {
+        Ok(s) => tracing::debug!(
+            up = s.stream_to_tcp,
+            down = s.tcp_to_stream,
+            "connection done"
+        ),
+        Err(e) => tracing::debug!("connection aborted: {e}"),
+    }
 }
 
 async fn fail(stream: &mut BiStream, kind: StreamErrorKind, detail: String) -> std::io::Result<()> {
