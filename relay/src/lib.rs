@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     /// HTTP routes by normalised hostname.
     pub(crate) routes: dashmap::DashMap<String, http::Route>,
+    /// Hostnames whose agent went away, and since when (for the 502 page).
+    pub(crate) offline: dashmap::DashMap<String, std::time::SystemTime>,
     /// Port of the HTTPS edge, for public URLs.
     pub(crate) https_port: u16,
 }
@@ -102,6 +104,7 @@ impl Relay {
                 revocations,
                 registry: Registry::default(),
                 routes: dashmap::DashMap::new(),
+                offline: dashmap::DashMap::new(),
                 https_port,
             }),
             endpoint,

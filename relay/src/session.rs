@@ -223,6 +223,7 @@ fn claim_routes(
                 ));
             }
         }
+        shared.offline.remove(&host);
         shared.routes.insert(
             host.clone(),
             crate::http::Route {
@@ -241,8 +242,17 @@ fn claim_routes(
     Ok(claimed)
 }
 
+/// Drop session `id`'s routes, remembering when each hostname went offline.
 fn release_routes(shared: &Shared, id: u64) {
-    shared.routes.retain(|_, r| r.session != id);
+    let now = SystemTime::now();
+    shared.routes.retain(|host, r| {
+        if r.session == id {
+            shared.offline.insert(host.clone(), now);
+            false
+        } else {
+            true
+        }
+    });
 }
 
 async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reject> {

@@ -229,3 +229,28 @@ async fn websocket_through_the_edge() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn agent_offline_is_a_502_that_says_since_when() {
+    let (relay, agent, _) = cam().await;
+    agent.stop().await;
+    let mut status = StatusCode::OK;
+    for _ in 0..100 {
+        let r = https_request(
+            &relay,
+            "cam.relay.localhost",
+            false,
+            get("cam.relay.localhost", "/"),
+        )
+        .await;
+        status = r.status();
+        if status == StatusCode::BAD_GATEWAY {
+            let body = text(r).await;
+            assert!(body.contains("offline since 20"), "{body}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    relay.stop().await;
+}

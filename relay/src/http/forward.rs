@@ -76,13 +76,15 @@ pub(crate) async fn handle(
             "This connection was opened for another hostname.",
         );
     }
-    let Some(route) = shared.routes.get(&host).map(|r| r.clone()) else {
+    let route = shared.routes.get(&host).map(|r| r.clone());
+    let offline_since = shared.offline.get(&host).map(|t| *t);
+    if route.is_none() && offline_since.is_none() {
         return page(
             StatusCode::NOT_FOUND,
             "Not found",
             "There is nothing at this address.",
         );
-    };
+    }
     // Deny by default: nothing reaches the recorder unless the operator opened this hostname.
     if !shared.config.is_public(&host) {
         return page(
@@ -91,6 +93,16 @@ pub(crate) async fn handle(
             "This site is private. Its owner has not opened it to visitors without a login.",
         );
     }
+    let Some(route) = route else {
+        let since = offline_since.map_or_else(String::new, |t| {
+            format!(" since {} UTC", humantime::format_rfc3339_seconds(t))
+        });
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "Recorder offline",
+            &format!("The recorder's agent has been offline{since}. It reconnects by itself when its network is back."),
+        );
+    };
     forward(&shared, &v, route, host, req).await
 }
 
