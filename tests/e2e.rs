@@ -9,5 +9,6 @@ mod e2e {
     mod config;
     mod http;
     mod reconnect;
+    mod shutdown;
     mod tcp;
 }
