@@ -142,12 +142,15 @@ pub fn load_any(path: &Path) -> anyhow::Result<AnyConfig> {
     let text = read(path)?;
     let table: toml::Table = text.parse().map_err(|e| toml_error(path, &text, &e))?;
     if table.contains_key("relay") {
-        let cfg = load_agent(path)?;
+        let cfg = agent::AgentConfig::from_toml(&text).map_err(|e| toml_error(path, &text, &e))?;
         cfg.validate()
             .map_err(|e| validation_error(path, &text, e))?;
         Ok(AnyConfig::Agent(Box::new(cfg)))
     } else if table.contains_key("domain") {
-        Ok(AnyConfig::Relay(Box::new(load_relay(path)?)))
+        let cfg = RelayConfig::from_toml(&text).map_err(|e| toml_error(path, &text, &e))?;
+        cfg.validate()
+            .map_err(|e| validation_error(path, &text, e))?;
+        Ok(AnyConfig::Relay(Box::new(cfg)))
     } else {
         anyhow::bail!(
             "{}: neither a relay config (needs `domain`) nor an agent config (needs `relay`)",
