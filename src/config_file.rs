@@ -116,10 +116,13 @@ fn read(path: &Path) -> anyhow::Result<String> {
 
 /// Load and validate a relay.toml.
 pub fn load_relay(path: &Path) -> anyhow::Result<RelayConfig> {
-    let text = read(path)?;
-    let cfg = RelayConfig::from_toml(&text).map_err(|e| toml_error(path, &text, &e))?;
+    parse_relay(path, &read(path)?)
+}
+
+fn parse_relay(path: &Path, text: &str) -> anyhow::Result<RelayConfig> {
+    let cfg = RelayConfig::from_toml(text).map_err(|e| toml_error(path, text, &e))?;
     cfg.validate()
-        .map_err(|e| validation_error(path, &text, e))?;
+        .map_err(|e| validation_error(path, text, e))?;
     Ok(cfg)
 }
 
@@ -147,10 +150,7 @@ pub fn load_any(path: &Path) -> anyhow::Result<AnyConfig> {
             .map_err(|e| validation_error(path, &text, e))?;
         Ok(AnyConfig::Agent(Box::new(cfg)))
     } else if table.contains_key("domain") {
-        let cfg = RelayConfig::from_toml(&text).map_err(|e| toml_error(path, &text, &e))?;
-        cfg.validate()
-            .map_err(|e| validation_error(path, &text, e))?;
-        Ok(AnyConfig::Relay(Box::new(cfg)))
+        Ok(AnyConfig::Relay(Box::new(parse_relay(path, &text)?)))
     } else {
         anyhow::bail!(
             "{}: neither a relay config (needs `domain`) nor an agent config (needs `relay`)",
