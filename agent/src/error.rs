@@ -11,12 +11,12 @@ pub enum AgentError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     File {
         /// Which file.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// A tunnel target could not be resolved at start.
     #[error("tunnel `{tunnel}`: cannot resolve target {target}: {detail}")]

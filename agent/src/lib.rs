@@ -84,7 +84,7 @@ impl Agent {
             (None, Some(path)) => {
                 let t = std::fs::read_to_string(path).map_err(|source| AgentError::File {
                     path: path.clone(),
-                    source,
+                    error: source,
                 })?;
                 proto::Secret::new(t.trim())
             }

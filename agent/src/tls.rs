@@ -110,12 +110,12 @@ pub(crate) fn client_tls(
         Some(path) => {
             let data = std::fs::read(path).map_err(|source| AgentError::File {
                 path: path.clone(),
-                source,
+                error: source,
             })?;
             for cert in rustls_pemfile::certs(&mut &data[..]) {
                 let cert = cert.map_err(|source| AgentError::File {
                     path: path.clone(),
-                    source,
+                    error: source,
                 })?;
                 roots
                     .add(cert)

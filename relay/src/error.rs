@@ -10,23 +10,23 @@ pub enum RelayError {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     File {
         /// Which file.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// A key or certificate could not be used.
     #[error("{0}")]
     Key(String),
     /// Binding a listener failed.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// Address.
         addr: String,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// TLS setup failed.
     #[error(transparent)]
@@ -36,6 +36,6 @@ pub enum RelayError {
 impl RelayError {
     pub(crate) fn file(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RelayError {
         let path = path.into();
-        move |source| RelayError::File { path, source }
+        move |error| RelayError::File { path, error }
     }
 }

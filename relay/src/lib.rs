@@ -71,7 +71,7 @@ impl Relay {
             .await
             .map_err(|source| RelayError::Bind {
                 addr: format!("tcp {}", config.listen.https),
-                source,
+                error: source,
             })?;
         let https_port = https
             .local_addr()
@@ -84,7 +84,7 @@ impl Relay {
         let socket = proto::transport::quic::udp_socket(config.listen.quic).map_err(|source| {
             RelayError::Bind {
                 addr: format!("udp {}", config.listen.quic),
-                source,
+                error: source,
             }
         })?;
         let endpoint = quinn::Endpoint::new(
@@ -95,7 +95,7 @@ impl Relay {
         )
         .map_err(|source| RelayError::Bind {
             addr: format!("udp {}", config.listen.quic),
-            source,
+            error: source,
         })?;
         Ok(Relay {
             shared: Arc::new(Shared {
