@@ -294,6 +294,28 @@ impl TestAgent {
         }
     }
 
+    /// Wait until a connection attempt has failed; returns why.
+    pub async fn connect_error(&mut self) -> String {
+        let s = self
+            .wait_for("a failed attempt", |s| {
+                matches!(
+                    s,
+                    Status::Connecting {
+                        last_error: Some(_),
+                        ..
+                    }
+                )
+            })
+            .await;
+        match s {
+            Status::Connecting {
+                last_error: Some(e),
+                ..
+            } => e,
+            other => unreachable!("{other:?}"),
+        }
+    }
+
     pub async fn connected(&mut self) -> Status {
         self.wait_for("connected", |s| matches!(s, Status::Connected { .. }))
             .await

@@ -136,24 +136,7 @@ async fn wrong_fingerprint_is_a_clear_error() {
         .configure(|c| c.fingerprint = Some(format!("sha256:{}", "00".repeat(32))))
         .start()
         .await;
-    let s = agent
-        .wait_for("failing", |s| {
-            matches!(
-                s,
-                Status::Connecting {
-                    last_error: Some(_),
-                    ..
-                }
-            )
-        })
-        .await;
-    let Status::Connecting {
-        last_error: Some(e),
-        ..
-    } = s
-    else {
-        unreachable!()
-    };
+    let e = agent.connect_error().await;
     assert!(e.contains("pins sha256:0000"), "{e}");
     // The token was never sent, so no tunnel opened.
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -190,23 +173,6 @@ async fn relay_verified_by_ca_file_and_name() {
         })
         .start()
         .await;
-    let s = agent
-        .wait_for("failing", |s| {
-            matches!(
-                s,
-                Status::Connecting {
-                    last_error: Some(_),
-                    ..
-                }
-            )
-        })
-        .await;
-    let Status::Connecting {
-        last_error: Some(e),
-        ..
-    } = s
-    else {
-        unreachable!()
-    };
+    let e = agent.connect_error().await;
     assert!(e.contains("not valid for name \"other.example\""), "{e}");
 }

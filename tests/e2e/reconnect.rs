@@ -88,16 +88,7 @@ async fn same_agent_name_replaces_previous_session() {
         .start()
         .await;
     new.connected().await;
-    let s = old
-        .wait_for("replaced", |s| matches!(s, Status::Connecting { .. }))
-        .await;
-    let Status::Connecting {
-        last_error: Some(e),
-        ..
-    } = s
-    else {
-        panic!("{s:?}")
-    };
+    let e = old.connect_error().await;
     assert!(e.contains("replaced"), "{e}");
     let mut s = visit(port).await;
     let mut got = Vec::new();
