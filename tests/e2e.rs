@@ -7,6 +7,7 @@ mod common;
 mod e2e {
     mod auth;
     mod config;
+    mod edge_tls;
     mod http;
     mod reconnect;
     mod shutdown;

@@ -51,7 +51,7 @@ while True:
         pass
 PY
 }
-QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port)
+QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port); HTTP=$(free_port)
 
 # A web target: python's own http.server, serving one file.
 mkdir -p "$WORK/www" && echo "hello from the recorder" >"$WORK/www/hello.txt"
@@ -79,6 +79,7 @@ domain = "relay.localhost"
 data_dir = "$WORK/data"
 [listen]
 https = "127.0.0.1:$HTTPS"
+http = "127.0.0.1:$HTTP"
 quic = "127.0.0.1:$QUIC"
 tunnels = "127.0.0.1"
 [[access]]

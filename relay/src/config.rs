@@ -61,6 +61,10 @@ pub struct ListenConfig {
     /// UDP address agents dial with QUIC.
     #[serde(default = "default_quic")]
     pub quic: SocketAddr,
+    /// TCP address of the plain-HTTP listener: redirects to https and answers ACME http-01
+    /// challenges.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
     /// IP address on which tcp/udp tunnel ports open.
     #[serde(default = "default_tunnels")]
     pub tunnels: IpAddr,
@@ -72,6 +76,9 @@ fn default_https() -> SocketAddr {
 fn default_quic() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 443))
 }
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 80))
+}
 fn default_tunnels() -> IpAddr {
     IpAddr::from([0, 0, 0, 0])
 }
@@ -81,19 +88,93 @@ impl Default for ListenConfig {
         ListenConfig {
             https: default_https(),
             quic: default_quic(),
+            http: default_http(),
             tunnels: default_tunnels(),
         }
     }
 }
 
-/// `[tls]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[tls]`: certificate files, or ACME, or (neither) a local development CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain.
+    /// PEM certificate chain (may be a wildcard for `*.DOMAIN`).
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// Turns ACME on: contact address for the certificate authority.
+    pub acme_email: Option<String>,
+    /// ACME directory URL (default: Let's Encrypt).
+    #[serde(default = "default_acme_directory")]
+    pub acme_directory: String,
+    /// PEM root certificate to trust for the ACME directory's own HTTPS (private or test CAs).
+    pub acme_ca_file: Option<PathBuf>,
+    /// `http-01` (needs the http listener reachable on port 80) or `tls-alpn-01` (port 443 only).
+    #[serde(default)]
+    pub acme_challenge: AcmeChallenge,
+    /// Send `Strict-Transport-Security` on https responses.
+    #[serde(default = "default_true")]
+    pub hsts: bool,
+}
+
+/// ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum AcmeChallenge {
+    /// HTTP-01 on the http listener.
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// TLS-ALPN-01 on the https listener.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+fn default_acme_directory() -> String {
+    LETS_ENCRYPT.into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            acme_email: None,
+            acme_directory: default_acme_directory(),
+            acme_ca_file: None,
+            acme_challenge: AcmeChallenge::default(),
+            hsts: true,
+        }
+    }
+}
+
+/// Where the edge's certificates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    /// `tls.cert` and `tls.key`.
+    Files,
+    /// ACME, one certificate per hostname.
+    Acme,
+    /// A development CA in the data directory issues one certificate per hostname.
+    DevCa,
+}
+
+impl TlsConfig {
+    /// Which source is configured.
+    pub fn source(&self) -> CertSource {
+        if self.cert.is_some() {
+            CertSource::Files
+        } else if self.acme_email.is_some() {
+            CertSource::Acme
+        } else {
+            CertSource::DevCa
+        }
+    }
 }
 
 /// `[auth]`
@@ -223,9 +304,13 @@ impl RelayConfig {
             listen: ListenConfig {
                 https: SocketAddr::from(([127, 0, 0, 1], 8443)),
                 quic: SocketAddr::from(([127, 0, 0, 1], 4443)),
+                http: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 tunnels: IpAddr::from([127, 0, 0, 1]),
             },
-            tls: TlsConfig::default(),
+            tls: TlsConfig {
+                hsts: false,
+                ..TlsConfig::default()
+            },
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             quic: QuicConfig::default(),
@@ -246,6 +331,14 @@ impl RelayConfig {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls", "set both cert and key, or neither");
+        }
+        if self.tls.cert.is_some() && self.tls.acme_email.is_some() {
+            return bad("tls", "use certificate files or acme_email, not both");
+        }
+        if !(self.tls.acme_directory.starts_with("https://")
+            || self.tls.acme_directory.starts_with("http://"))
+        {
+            return bad("tls.acme_directory", "must be an http(s) URL");
         }
         if self.quic.keep_alive >= self.quic.idle_timeout {
             return bad("quic.keep_alive", "must be shorter than quic.idle_timeout");

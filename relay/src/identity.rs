@@ -174,7 +174,7 @@ fn self_signed(
     let names = vec![domain.clone(), format!("*.{domain}"), "localhost".into()];
     let ck = rcgen::generate_simple_self_signed(names)
         .map_err(|e| RelayError::Key(format!("generating a self-signed certificate: {e}")))?;
-    write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
+    write_private(&key_path, ck.signing_key.serialize_pem().as_bytes())?;
     write_private(&cert_path, ck.cert.pem().as_bytes())?;
     tracing::info!(path = %cert_path.display(), "created self-signed certificate");
     Ok((read_pem_certs(&cert_path)?, read_pem_key(&key_path)?))

@@ -14,6 +14,8 @@
 //! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
 //! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
 
+mod acme;
+mod certs;
 pub mod config;
 pub mod error;
 mod http;
@@ -46,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) offline: dashmap::DashMap<String, std::time::SystemTime>,
     /// Port of the HTTPS edge, for public URLs.
     pub(crate) https_port: u16,
+    /// The edge's certificates.
+    pub(crate) certs: Arc<certs::CertStore>,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -55,6 +59,7 @@ pub struct Relay {
     endpoint: quinn::Endpoint,
     https: tokio::net::TcpListener,
     https_tls: Arc<rustls::ServerConfig>,
+    http: tokio::net::TcpListener,
     fingerprint: String,
 }
 
@@ -65,22 +70,44 @@ impl Relay {
         let id = identity::load(&config)?;
         let keys = TokenKeys::new(&id.signing_pkcs8, &config.domain)?;
         let revocations = token::Revocations::load(&config.data_dir)?;
-        let https_tls = http::tls_config(id.certs.clone(), id.key.clone_key())
-            .map_err(|e| RelayError::Key(format!("https certificate: {e}")))?;
-        let https = tokio::net::TcpListener::bind(config.listen.https)
-            .await
-            .map_err(|source| RelayError::Bind {
-                addr: format!("tcp {}", config.listen.https),
-                error: source,
-            })?;
+        let fallback = certs::Cert::from_der(id.certs.clone(), id.key.clone_key())?;
+        let store = Arc::new(certs::CertStore::new(&config, fallback.key)?);
+        let acme = store.source() == config::CertSource::Acme;
+        if acme {
+            store.want(&token::normalize_host(&config.domain));
+        }
+        let https_tls = http::tls_config(
+            store.clone(),
+            acme && config.tls.acme_challenge == config::AcmeChallenge::TlsAlpn01,
+        )
+        .map_err(|e| RelayError::Key(format!("https certificate: {e}")))?;
+        let bind = |addr: SocketAddr| async move {
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RelayError::Bind {
+                    addr: format!("tcp {addr}"),
+                    error: source,
+                })
+        };
+        let https = bind(config.listen.https).await?;
+        let http = bind(config.listen.http).await?;
         let https_port = https
             .local_addr()
             .map_or(config.listen.https.port(), |a| a.port());
-        let server = proto::transport::quic::server_config(
-            id.certs.clone(),
-            id.key.clone_key(),
-            &config.quic.settings(),
-        )?;
+        let quic_settings = config.quic.settings();
+        let server = if acme {
+            // Agents verify an ACME relay with the web PKI: the certificate of `domain`.
+            proto::transport::quic::server_config_with_resolver(
+                Arc::new(certs::AgentCert::new(store.clone(), &config.domain)),
+                &quic_settings,
+            )?
+        } else {
+            proto::transport::quic::server_config(
+                id.certs.clone(),
+                id.key.clone_key(),
+                &quic_settings,
+            )?
+        };
         let socket = proto::transport::quic::udp_socket(config.listen.quic).map_err(|source| {
             RelayError::Bind {
                 addr: format!("udp {}", config.listen.quic),
@@ -106,10 +133,12 @@ impl Relay {
                 routes: dashmap::DashMap::new(),
                 offline: dashmap::DashMap::new(),
                 https_port,
+                certs: store,
             }),
             endpoint,
             https,
             https_tls: Arc::new(https_tls),
+            http,
             fingerprint: id.fingerprint,
         })
     }
@@ -126,6 +155,19 @@ impl Relay {
         self.https
             .local_addr()
             .unwrap_or(self.shared.config.listen.https)
+    }
+
+    /// The plain-HTTP address (redirects, ACME http-01).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or(self.shared.config.listen.http)
+    }
+
+    /// The development CA visitors can trust (`--cacert`), when the relay uses one.
+    pub fn dev_ca(&self) -> Option<std::path::PathBuf> {
+        (self.shared.certs.source() == config::CertSource::DevCa)
+            .then(|| self.shared.config.data_dir.join("dev-ca.crt"))
     }
 
     /// `sha256:` fingerprint of the certificate agents see.
@@ -148,6 +190,7 @@ impl Relay {
         let tracker = TaskTracker::new();
         let https_addr = self.https_addr();
         let quic_addr = self.quic_addr();
+        let self_http = self.http_addr();
         let shared = self.shared.clone();
         tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
         let handshakes = Arc::new(tokio::sync::Semaphore::new(
@@ -160,7 +203,20 @@ impl Relay {
             shutdown.clone(),
             tracker.clone(),
         ));
-        tracing::info!(quic = %quic_addr, https = %https_addr, fingerprint = %self.fingerprint, "relay ready");
+        tracker.spawn(http::plain::serve(
+            shared.clone(),
+            self.http,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        if shared.certs.source() == config::CertSource::Acme {
+            tracker.spawn(acme::run(
+                shared.certs.clone(),
+                shared.config.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tracing::info!(quic = %quic_addr, https = %https_addr, http = %self_http, fingerprint = %self.fingerprint, "relay ready");
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,

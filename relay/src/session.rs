@@ -224,6 +224,7 @@ fn claim_routes(
             }
         }
         shared.offline.remove(&host);
+        shared.certs.want(&host);
         shared.routes.insert(
             host.clone(),
             crate::http::Route {

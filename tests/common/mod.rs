@@ -46,6 +46,8 @@ pub fn trace() {
 pub struct TestRelay {
     pub addr: SocketAddr,
     pub https: SocketAddr,
+    /// The plain-HTTP listener (redirects, ACME http-01).
+    pub http: SocketAddr,
     pub fingerprint: String,
     pub config: RelayConfig,
     keys: relay::TokenKeys,
@@ -89,6 +91,7 @@ impl TestRelay {
         config.domain = "relay.localhost".into();
         config.listen.quic = quic;
         config.listen.https = "127.0.0.1:0".parse().unwrap();
+        config.listen.http = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
         f(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -105,19 +108,19 @@ impl TestRelay {
             let relay = Relay::bind(cfg).await.expect("relay bind");
             let keys = relay.keys().clone();
             let _ = ready_tx.send((
-                relay.quic_addr(),
-                relay.https_addr(),
+                [relay.quic_addr(), relay.https_addr(), relay.http_addr()],
                 relay.fingerprint().to_string(),
                 keys,
             ));
             relay.run(token).await.expect("relay run");
             let _ = done_tx.send(());
         });
-        let (addr, https, fingerprint, keys) = ready_rx.await.expect("relay started");
+        let ([addr, https, http], fingerprint, keys) = ready_rx.await.expect("relay started");
         config.listen.quic = addr;
         TestRelay {
             addr,
             https,
+            http,
             fingerprint,
             config,
             keys,
@@ -435,7 +438,7 @@ pub async fn roundtrip(port: u16, msg: &[u8]) -> Vec<u8> {
     out
 }
 
-/// HTTPS client for the relay's edge: trusts the relay's self-signed certificate, connects
+/// HTTPS client for the relay's edge: trusts the relay's development CA, connects
 /// with SNI `sni`, speaks HTTP/2 when `h2`, else HTTP/1.1.
 pub async fn https_request(
     relay: &TestRelay,
@@ -460,19 +463,23 @@ pub async fn https_request(
 }
 
 /// TLS to the relay's HTTPS edge with SNI `sni` and one ALPN protocol, trusting the relay's
-/// self-signed certificate.
+/// development CA and self-signed certificate.
 pub async fn tls_connect(
     relay: &TestRelay,
     sni: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let pem = std::fs::read(relay.data_dir().join("self-signed.crt")).unwrap();
+    // Routed names carry certificates of the development CA; other names get the relay's
+    // self-signed one.
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots
-        .add(tokio_rustls::rustls::pki_types::CertificateDer::from(
-            pem::parse(pem).unwrap().into_contents(),
-        ))
-        .unwrap();
+    for file in ["dev-ca.crt", "self-signed.crt"] {
+        let pem = std::fs::read(relay.data_dir().join(file)).unwrap();
+        roots
+            .add(tokio_rustls::rustls::pki_types::CertificateDer::from(
+                pem::parse(pem).unwrap().into_contents(),
+            ))
+            .unwrap();
+    }
     let mut tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
         tokio_rustls::rustls::crypto::ring::default_provider(),
     ))

@@ -73,6 +73,8 @@ fn every_config_key_is_documented() {
     relay.tls.cert = Some("/c".into());
     relay.tls.key = Some("/k".into());
     relay.auth.key_file = Some("/k".into());
+    relay.tls.acme_email = Some("a@b".into());
+    relay.tls.acme_ca_file = Some("/ca".into());
     relay.access.push(relay::config::AccessRule {
         host: "h".into(),
         public: true,

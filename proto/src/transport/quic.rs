@@ -111,10 +111,30 @@ pub fn server_config(
     key: rustls::pki_types::PrivateKeyDer<'static>,
     settings: &QuicSettings,
 ) -> Result<quinn::ServerConfig, ConfigError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
+    server_config_from(tls, settings)
+}
+
+/// Server config whose certificate is chosen per handshake (a relay whose certificate is
+/// renewed by ACME while it runs).
+pub fn server_config_with_resolver(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    settings: &QuicSettings,
+) -> Result<quinn::ServerConfig, ConfigError> {
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    server_config_from(tls, settings)
+}
+
+fn server_config_from(
+    mut tls: rustls::ServerConfig,
+    settings: &QuicSettings,
+) -> Result<quinn::ServerConfig, ConfigError> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| ConfigError::Quic(e.to_string()))?;

@@ -107,7 +107,7 @@ pub(crate) async fn handle(
 }
 
 /// The request's host, normalised; one Host header at most, agreeing with an absolute URI.
-fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() {

@@ -3,6 +3,7 @@
 
 mod forward;
 mod pages;
+pub(crate) mod plain;
 
 pub(crate) use forward::Route;
 
@@ -28,16 +29,21 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers must arrive within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// rustls config for visitors: the relay's certificate, ALPN h2 and http/1.1.
+/// rustls config for visitors: certificates by SNI from `certs`, ALPN h2 and http/1.1 (and
+/// `acme-tls/1` when tls-alpn-01 validation may knock).
 pub(crate) fn tls_config(
-    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    certs: Arc<crate::certs::CertStore>,
+    acme_alpn: bool,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(proto::transport::quic::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn {
+        cfg.alpn_protocols
+            .push(crate::certs::ACME_TLS_ALPN.to_vec());
+    }
     Ok(cfg)
 }
 
@@ -98,6 +104,11 @@ async fn connection(
             return;
         }
     };
+    if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
+        // A tls-alpn-01 validation: the handshake was the whole answer.
+        tracing::debug!("answered a tls-alpn-01 validation");
+        return;
+    }
     let sni = tls
         .get_ref()
         .1
@@ -113,7 +124,16 @@ async fn connection(
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward::handle(shared, ctx, req).await) }
+        async move {
+            let hsts = shared.config.tls.hsts;
+            let mut resp = forward::handle(shared, ctx, req).await;
+            if hsts {
+                resp.headers_mut()
+                    .entry(http::header::STRICT_TRANSPORT_SECURITY)
+                    .or_insert(http::HeaderValue::from_static("max-age=31536000"));
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

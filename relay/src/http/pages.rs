@@ -18,11 +18,7 @@ pub(crate) fn page(status: StatusCode, title: &str, detail: &str) -> Response<Bo
         title = escape(title),
         detail = escape(detail),
     );
-    let mut r = Response::new(
-        Full::new(Bytes::from(html))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(full(html));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
@@ -34,6 +30,13 @@ pub(crate) fn page(status: StatusCode, title: &str, detail: &str) -> Response<Bo
         header::HeaderValue::from_static("no-store"),
     );
     r
+}
+
+/// A complete in-memory body.
+pub(crate) fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn escape(s: &str) -> String {

@@ -1,0 +1,303 @@
+//! ACME (RFC 8555) with instant-acme: one certificate per hostname the relay serves, obtained
+//! by http-01 (the http listener) or tls-alpn-01 (the https listener), cached in
+//! `DATA_DIR/acme/HOST.pem` (0600) and renewed 30 days before expiry without a restart.
+//!
+//! Failures never take a name down: the old certificate stays in use, and a failing name is
+//! retried with a growing delay (5 min × 3ⁿ, at most 6 h) so the CA's rate limits (5 failed
+//! validations per name per hour at Let's Encrypt) are never hit in a loop.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    certs::{self, Cert, CertStore},
+    config::{AcmeChallenge, TlsConfig},
+    identity, RelayConfig, RelayError,
+};
+
+/// Renew when less than this is left (Let's Encrypt's advice for 90-day certificates).
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86400);
+/// How often names are re-checked when nothing else happens.
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// One order may take this long before it counts as failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
+const RETRY_FIRST: Duration = Duration::from_secs(300);
+const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+enum AcmeError {
+    #[error("{0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("{0}")]
+    Relay(#[from] RelayError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The account file: credentials and the directory they belong to.
+#[derive(Serialize, Deserialize)]
+struct AccountFile {
+    directory: String,
+    credentials: AccountCredentials,
+}
+
+/// Keep certificates for every wanted name until `shutdown`.
+pub(crate) async fn run(store: Arc<CertStore>, config: RelayConfig, shutdown: CancellationToken) {
+    let dir = certs::acme_dir(&config);
+    let mut account: Option<Account> = None;
+    let mut retry: HashMap<String, (u32, Instant)> = HashMap::new();
+    let mut account_retry = RETRY_FIRST / 5;
+    loop {
+        let mut next = Instant::now() + jitter(CHECK_EVERY);
+        if account.is_none() {
+            match load_account(&config.tls, &dir).await {
+                Ok(a) => account = Some(a),
+                Err(e) => {
+                    tracing::warn!(
+                        directory = %config.tls.acme_directory,
+                        "ACME account unavailable, certificates cannot be obtained yet: {e}; retrying in {}",
+                        humantime::format_duration(account_retry)
+                    );
+                    next = Instant::now() + account_retry;
+                    account_retry = (account_retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if let Some(acct) = &account {
+            for host in store.wanted() {
+                let now = SystemTime::now();
+                if store
+                    .get(&host)
+                    .is_some_and(|c| c.remaining(now) > RENEW_BEFORE)
+                {
+                    continue;
+                }
+                if let Some((_, at)) = retry.get(&host) {
+                    if *at > Instant::now() {
+                        next = next.min(*at);
+                        continue;
+                    }
+                }
+                let attempt = tokio::time::timeout(
+                    ORDER_TIMEOUT,
+                    obtain(acct, &store, &host, config.tls.acme_challenge)
+                        .instrument(tracing::info_span!("acme", host = %host)),
+                );
+                let result = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = attempt => r.unwrap_or_else(|_| Err(AcmeError::Other("timed out".into()))),
+                };
+                match result.and_then(|pem| save(&dir, &host, &pem)) {
+                    Ok(cert) => {
+                        tracing::info!(
+                            host = %host,
+                            valid_until = %humantime::format_rfc3339_seconds(cert.not_after),
+                            "ACME certificate obtained"
+                        );
+                        store.insert(&host, cert);
+                        retry.remove(&host);
+                    }
+                    Err(e) => {
+                        let failures = retry.get(&host).map_or(0, |r| r.0) + 1;
+                        let wait = RETRY_FIRST
+                            .saturating_mul(3u32.saturating_pow(failures - 1))
+                            .min(RETRY_MAX);
+                        let kept = if store.get(&host).is_some() {
+                            "the current certificate stays in use"
+                        } else {
+                            "visitors see the fallback certificate until then"
+                        };
+                        tracing::warn!(
+                            host = %host,
+                            "ACME certificate for {host} failed: {e}; {kept}; retrying in {}",
+                            humantime::format_duration(wait)
+                        );
+                        let at = Instant::now() + wait;
+                        retry.insert(host, (failures, at));
+                        next = next.min(at);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = store.changed() => {}
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+/// ±10 % so that many relays (and restarts) do not renew in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
+}
+
+fn builder(tls: &TlsConfig) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    Ok(match &tls.acme_ca_file {
+        Some(ca) => Account::builder_with_root(ca)?,
+        None => Account::builder()?,
+    })
+}
+
+/// The saved account for this directory, or a new one.
+async fn load_account(tls: &TlsConfig, dir: &Path) -> Result<Account, AcmeError> {
+    identity::ensure_data_dir(dir)?;
+    let path = dir.join("account.json");
+    if let Ok(text) = std::fs::read(&path) {
+        match serde_json::from_slice::<AccountFile>(&text) {
+            Ok(f) if f.directory == tls.acme_directory => {
+                return Ok(builder(tls)?.from_credentials(f.credentials).await?);
+            }
+            Ok(_) => tracing::info!("ACME directory changed; creating a new account"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "unreadable ACME account ({e}); creating a new one")
+            }
+        }
+    }
+    let contact = tls
+        .acme_email
+        .as_deref()
+        .map(|e| format!("mailto:{e}"))
+        .into_iter()
+        .collect::<Vec<_>>();
+    let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let (account, credentials) = builder(tls)?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            tls.acme_directory.clone(),
+            None,
+        )
+        .await?;
+    let file = AccountFile {
+        directory: tls.acme_directory.clone(),
+        credentials,
+    };
+    let json = serde_json::to_vec(&file).map_err(|e| AcmeError::Other(e.to_string()))?;
+    identity::write_private(&path, &json)?;
+    tracing::info!(directory = %tls.acme_directory, "ACME account created");
+    Ok(account)
+}
+
+/// Run one order for `host`; returns the PEM bundle (chain, then key).
+async fn obtain(
+    account: &Account,
+    store: &CertStore,
+    host: &str,
+    kind: AcmeChallenge,
+) -> Result<String, AcmeError> {
+    let ids = [Identifier::Dns(host.to_string())];
+    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    let mut tokens = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(AcmeError::Other(format!("authorization is {other:?}")));
+                }
+            }
+            let ty = match kind {
+                AcmeChallenge::Http01 => ChallengeType::Http01,
+                AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let mut challenge = authz.challenge(ty.clone()).ok_or_else(|| {
+                AcmeError::Other(format!("the CA offers no {ty:?} challenge for {host}"))
+            })?;
+            let key_auth = challenge.key_authorization();
+            match kind {
+                AcmeChallenge::Http01 => {
+                    if !valid_token(&challenge.token) {
+                        return Err(AcmeError::Other("the CA sent an odd token".into()));
+                    }
+                    store.set_http_token(&challenge.token, Some(key_auth.as_str().to_string()));
+                    tokens.push(challenge.token.clone());
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    let cert = certs::alpn_challenge_cert(host, key_auth.digest().as_ref())?;
+                    store.set_challenge(host, Some(cert));
+                }
+            }
+            challenge.set_ready().await?;
+        }
+        let status = order.poll_ready(&RetryPolicy::default()).await?;
+        if status != OrderStatus::Ready {
+            let detail = order
+                .state()
+                .error
+                .as_ref()
+                .map_or_else(String::new, |p| format!(": {p}"));
+            return Err(AcmeError::Other(format!(
+                "order is {status:?}{detail} (is {host} pointing at this relay, and port {} reachable?)",
+                if kind == AcmeChallenge::Http01 { "80" } else { "443" }
+            )));
+        }
+        let key_pem = order.finalize().await?;
+        let chain_pem = order.poll_certificate(&RetryPolicy::default()).await?;
+        Ok(format!("{chain_pem}\n{key_pem}"))
+    }
+    .await;
+    for t in tokens {
+        store.set_http_token(&t, None);
+    }
+    store.set_challenge(host, None);
+    result
+}
+
+/// http-01 tokens are base64url (RFC 8555 section 8.3); anything else is refused before use.
+pub(crate) fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Check the bundle, write it to `DIR/HOST.pem` (0600) and return it loaded.
+fn save(dir: &Path, host: &str, pem: &str) -> Result<Cert, AcmeError> {
+    let cert = Cert::from_pem(pem.as_bytes())?;
+    let path: PathBuf = dir.join(format!("{host}.pem"));
+    identity::write_private(&path, pem.as_bytes())?;
+    Ok(cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked() {
+        assert!(valid_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        for bad in ["", "../x", "a/b", "a%2eb", "a\\b", "a\0", &"a".repeat(300)] {
+            assert!(!valid_token(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_close() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(100));
+            assert!(j >= Duration::from_secs(90) && j <= Duration::from_secs(110));
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The edge's certificates and its plain-HTTP listener: per-host certificates from the
+//! development CA, redirects to https, HSTS.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+/// Send `head` to the plain-HTTP listener and return the response head.
+async fn plain(relay: &TestRelay, head: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(relay.http).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test]
+async fn http_listener_redirects_to_https_and_never_proxies() {
+    let relay = TestRelay::start().await;
+    let port = relay.https.port();
+    let get = plain(
+        &relay,
+        "GET /doc/page.html?x=1 HTTP/1.1\r\nHost: Cam.Relay.Localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(get.starts_with("HTTP/1.1 301"), "{get}");
+    assert!(
+        get.to_ascii_lowercase().contains(&format!(
+            "location: https://cam.relay.localhost:{port}/doc/page.html?x=1\r\n"
+        )),
+        "{get}"
+    );
+    // A POST keeps its method and body through a 308.
+    let post = plain(
+        &relay,
+        "POST /api HTTP/1.1\r\nHost: cam.relay.localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 308"), "{post}");
+    // No Host: nothing to redirect to. Unknown ACME token: 404, and no path tricks.
+    let bare = plain(&relay, "GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        bare.starts_with("HTTP/1.0 400") || bare.starts_with("HTTP/1.1 400"),
+        "{bare}"
+    );
+    for path in [
+        "/.well-known/acme-challenge/abc",
+        "/.well-known/acme-challenge/..%2f..%2fetc%2fpasswd",
+    ] {
+        let r = plain(
+            &relay,
+            &format!("GET {path} HTTP/1.1\r\nHost: relay.localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+    }
+}
+
+#[tokio::test]
+async fn routed_hostnames_get_their_own_certificate_and_hsts_is_configurable() {
+    let target = echo_server().await;
+    for hsts in [false, true] {
+        let relay = TestRelay::start_configured(|c| c.tls.hsts = hsts).await;
+        let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+            .http("cam", target)
+            .start()
+            .await;
+        agent.connected().await;
+        // The development CA signed a certificate for exactly this name (tls_connect trusts
+        // only dev-ca.crt and the relay's self-signed certificate).
+        let tls = tls_connect(&relay, "cam.relay.localhost", b"http/1.1").await;
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let self_signed =
+            pem::parse(std::fs::read(relay.data_dir().join("self-signed.crt")).unwrap()).unwrap();
+        assert_ne!(
+            leaf.as_ref(),
+            self_signed.contents(),
+            "per-host certificate"
+        );
+        drop(tls);
+        // A name nobody claimed gets no certificate of its own (nothing is signed for a
+        // visitor's made-up SNI); the relay's own certificate answers and the page is a 404.
+        let other = tls_connect(&relay, "nothing.relay.localhost", b"http/1.1").await;
+        let leaf = other.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(leaf.as_ref(), self_signed.contents());
+        drop(other);
+
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "nothing.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = https_request(&relay, "nothing.relay.localhost", false, req).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            resp.headers().get("strict-transport-security").is_some(),
+            hsts,
+            "hsts={hsts}"
+        );
+        agent.stop().await;
+        relay.stop().await;
+    }
+}
