@@ -140,8 +140,10 @@ ok "TCP round trip through relay and agent processes"
 read -r soft hard < <(awk '/Max open files/ {print $4, $5}' "/proc/$RELAY/limits")
 [ "$soft" = "$hard" ] || fail "relay kept a soft open-files limit of $soft (hard $hard)"
 ok "relay raised its open-files limit to $hard"
-# curl through the HTTPS edge, trusting the relay's self-signed certificate.
-CURL=(curl -sS --max-time 10 --cacert "$WORK/data/self-signed.crt" --resolve "cam.relay.localhost:$HTTPS:127.0.0.1" --resolve "nobody.relay.localhost:$HTTPS:127.0.0.1")
+# curl through the HTTPS edge, trusting the relay's development CA (per-host certificates)
+# and its self-signed certificate (names nobody claimed).
+cat "$WORK/data/dev-ca.crt" "$WORK/data/self-signed.crt" >"$WORK/trust.pem"
+CURL=(curl -sS --max-time 10 --cacert "$WORK/trust.pem" --resolve "cam.relay.localhost:$HTTPS:127.0.0.1" --resolve "nobody.relay.localhost:$HTTPS:127.0.0.1")
 for v in --http1.1 --http2; do
   out=$("${CURL[@]}" "$v" -w ' %{http_version} %{http_code}' "https://cam.relay.localhost:$HTTPS/hello.txt") || fail "curl $v through the edge"
   case "$out" in
@@ -186,5 +188,9 @@ kill -TERM "$RELAY"
 for _ in $(seq 100); do kill -0 "$RELAY" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$RELAY" 2>/dev/null; then fail "relay still running 10 s after SIGTERM"; fi
 ok "relay exits cleanly on SIGTERM"
+
+# 5. ACME with pebble.
+# shellcheck source=tests/interop/acme.sh
+source tests/interop/acme.sh
 
 echo "interop: $pass passed, 0 failed"

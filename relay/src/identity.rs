@@ -57,7 +57,9 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), RelayError> {
 
 /// Write `data` to `path` readable by the owner only, atomically (temp file + rename).
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), RelayError> {
-    let tmp = path.with_extension("tmp");
+    // A name of our own: two processes creating the same file (a relay starting while
+    // `periscope token issue` runs) must not rename each other's temp file away.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let write = || -> io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)

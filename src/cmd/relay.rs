@@ -41,11 +41,18 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     if args.dev {
         print_dev_banner(&relay, &config)?;
     } else {
+        let verify = match config.tls.source() {
+            relay::config::CertSource::Acme => format!(
+                "certificates by ACME from {}; agents verify the relay with the web PKI (no fingerprint)",
+                config.tls.acme_directory
+            ),
+            _ => format!("certificate fingerprint {}", relay.fingerprint()),
+        };
         eprintln!(
-            "relay listening on {} (QUIC) and {} (HTTPS); certificate fingerprint {}",
+            "relay listening on {} (QUIC), {} (HTTPS) and {} (HTTP); {verify}",
             relay.quic_addr(),
             relay.https_addr(),
-            relay.fingerprint()
+            relay.http_addr(),
         );
     }
     relay.run(shutdown).await?;
@@ -72,7 +79,10 @@ fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
          certificate fingerprint: {fp}\n\n\
          Run an agent (token for agent \"dev\", tcp/udp ports 1024-65535, valid 30 days, id {jti}):\n\n  \
          {exe} agent --relay {quic} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
-         then: ssh -p 2222 127.0.0.1\n",
+         then: ssh -p 2222 127.0.0.1\n\n         http tunnels (--http cam=127.0.0.1:8080) answer at https://cam.{domain}:{port}/ with a\n         certificate from the development CA: curl --cacert {ca} ...\n",
+        domain = config.domain,
+        port = relay.https_addr().port(),
+        ca = relay.dev_ca().unwrap_or_default().display(),
         quic = relay.quic_addr(),
         https = relay.https_addr(),
         data = config.data_dir.display(),
