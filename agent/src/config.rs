@@ -136,6 +136,10 @@ pub struct TunnelConfig {
     /// Send a PROXY protocol header to the target so it sees the visitor's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// tcp: the relay terminates TLS on `remote_port` with the certificate of `hostname`
+    /// (default `NAME.DOMAIN`); the target gets plain bytes.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Tunnel type in the config file.
@@ -244,8 +248,17 @@ impl AgentConfig {
                 }
                 _ => {}
             }
-            if t.hostname.is_some() && t.kind != Kind::Http {
-                return bad(key("hostname"), "only http tunnels have a hostname");
+            if t.hostname.is_some() && !(t.kind == Kind::Http || t.tls) {
+                return bad(
+                    key("hostname"),
+                    "only http tunnels and tcp tunnels with tls = true have a hostname",
+                );
+            }
+            if t.tls && t.kind != Kind::Tcp {
+                return bad(
+                    key("tls"),
+                    "only tcp tunnels terminate TLS at the relay (http tunnels always do)",
+                );
             }
         }
         Ok(())

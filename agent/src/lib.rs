@@ -100,6 +100,7 @@ impl Agent {
                     kind: t.kind.into(),
                     remote_port: t.remote_port,
                     hostname: t.hostname.clone(),
+                    tls: t.tls,
                 },
                 target,
                 proxy_v2: t.proxy_protocol.is_some(),

@@ -76,6 +76,9 @@ pub struct TunnelSpec {
     pub remote_port: Option<u16>,
     /// Explicit public hostname asked for (http); default is `NAME.DOMAIN`.
     pub hostname: Option<String>,
+    /// tcp: the relay terminates TLS on the public port with the certificate of `hostname`
+    /// (default `NAME.DOMAIN`) and carries plain bytes to the target.
+    pub tls: bool,
 }
 
 /// Relay's acceptance.

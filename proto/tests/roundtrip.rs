@@ -25,13 +25,15 @@ fn spec() -> impl Strategy<Value = TunnelSpec> {
         tunnel_kind(),
         any::<Option<u16>>(),
         proptest::option::of("[a-z.]{0,30}"),
+        any::<bool>(),
     )
-        .prop_map(|(id, name, kind, remote_port, hostname)| TunnelSpec {
+        .prop_map(|(id, name, kind, remote_port, hostname, tls)| TunnelSpec {
             id,
             name,
             kind,
             remote_port,
             hostname,
+            tls,
         })
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) https_port: u16,
     /// The edge's certificates.
     pub(crate) certs: Arc<certs::CertStore>,
+    /// TLS for tcp tunnels with `tls = true` (certificates by SNI, no ALPN).
+    pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -81,6 +83,9 @@ impl Relay {
             acme && config.tls.acme_challenge == config::AcmeChallenge::TlsAlpn01,
         )
         .map_err(|e| RelayError::Key(format!("https certificate: {e}")))?;
+        let mut tunnel_tls = http::tls_config(store.clone(), false)
+            .map_err(|e| RelayError::Key(format!("tunnel certificate: {e}")))?;
+        tunnel_tls.alpn_protocols.clear();
         let bind = |addr: SocketAddr| async move {
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -133,6 +138,7 @@ impl Relay {
                 routes: dashmap::DashMap::new(),
                 offline: dashmap::DashMap::new(),
                 https_port,
+                tunnel_tls: Arc::new(tunnel_tls),
                 certs: store,
             }),
             endpoint,

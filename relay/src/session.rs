@@ -33,6 +33,8 @@ pub(crate) struct Bound {
     pub(crate) name: String,
     pub(crate) listener: TcpListener,
     pub(crate) public: String,
+    /// TLS terminated by the relay with this hostname's certificate.
+    pub(crate) tls_host: Option<String>,
 }
 
 fn reject(reason: RejectReason, detail: impl Into<String>) -> Reject {
@@ -161,12 +163,30 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
                         ),
                     ));
                 }
+                if t.tls {
+                    let host = http_host(shared, t);
+                    if !claims.allows_host(&host) {
+                        return Err(reject(
+                            RejectReason::HostnameNotAllowed,
+                            format!(
+                                "hostname {host} (tls on tunnel `{}`) is not in the token",
+                                t.name
+                            ),
+                        ));
+                    }
+                }
                 if !ports.insert((t.kind == TunnelKind::Tcp, port)) {
                     return Err(reject(
                         RejectReason::BadTunnel,
                         format!("{} port {port} asked for twice", t.kind),
                     ));
                 }
+            }
+            _ if t.tls && t.kind != TunnelKind::Tcp => {
+                return Err(reject(
+                    RejectReason::BadTunnel,
+                    format!("tunnel `{}`: tls is for tcp tunnels", t.name),
+                ));
             }
             TunnelKind::Http => {
                 let host = http_host(shared, t);
@@ -191,7 +211,8 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
     Ok(claims)
 }
 
-/// Public hostname of an http tunnel: the explicit one, or `NAME.DOMAIN`.
+/// Public hostname of an http tunnel (or the certificate name of a tls tcp tunnel): the
+/// explicit one, or `NAME.DOMAIN`.
 fn http_host(shared: &Shared, t: &proto::TunnelSpec) -> String {
     crate::token::normalize_host(
         &t.hostname
@@ -267,11 +288,19 @@ async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reje
                 format!("cannot listen on tcp {addr} for tunnel `{}`: {e}", t.name),
             )
         })?;
+        let tls_host = t.tls.then(|| http_host(shared, t));
+        if let Some(h) = &tls_host {
+            shared.certs.want(h);
+        }
         out.push(Bound {
             id: t.id,
             name: t.name.clone(),
             listener,
-            public: format!("tcp://{}:{port}", shared.config.domain),
+            public: match &tls_host {
+                Some(h) => format!("tls://{h}:{port}"),
+                None => format!("tcp://{}:{port}", shared.config.domain),
+            },
+            tls_host,
         });
     }
     Ok(out)

@@ -43,9 +43,10 @@ pub(crate) async fn serve(
         let conn = conn.clone();
         let shared = shared.clone();
         let tunnel = bound.id;
+        let tls = bound.tls_host.is_some();
         tasks.spawn(
             async move {
-                visitor(&shared, conn, tunnel, sock).await;
+                visitor(&shared, conn, tunnel, sock, tls).await;
                 drop(permit);
             }
             .instrument(span),
@@ -53,9 +54,30 @@ pub(crate) async fn serve(
     }
 }
 
-async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream) {
+async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream, tls: bool) {
     let (Ok(visitor), Ok(server)) = (sock.peer_addr(), sock.local_addr()) else {
         return;
+    };
+    // TLS first, so a visitor that never finishes its handshake costs no agent stream.
+    let sock = if tls {
+        match tokio::time::timeout(
+            crate::http::TLS_HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsAcceptor::from(shared.tunnel_tls.clone()).accept(sock),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Visitor::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Visitor::Plain(sock)
     };
     let open_timeout = shared.config.limits.stream_open_timeout;
     let opened = tokio::time::timeout(open_timeout, async {
@@ -90,12 +112,23 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
     };
-    match splice(sock, stream).await {
-        Ok(s) => tracing::debug!(
-            up = s.tcp_to_stream,
-            down = s.stream_to_tcp,
-            "visitor connection done"
-        ),
+    let copied = match sock {
+        Visitor::Plain(sock) => splice(sock, stream)
+            .await
+            .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
+        Visitor::Tls(mut tls) => {
+            let mut stream = stream;
+            tokio::io::copy_bidirectional(&mut *tls, &mut stream).await
+        }
+    };
+    match copied {
+        Ok((up, down)) => tracing::debug!(up, down, "visitor connection done"),
         Err(e) => tracing::debug!("visitor connection aborted: {e}"),
     }
+}
+
+/// A visitor's connection, as accepted or with TLS terminated.
+enum Visitor {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }

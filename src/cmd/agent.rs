@@ -32,6 +32,7 @@ pub fn parse_tunnel(kind: Kind, spec: &str) -> anyhow::Result<TunnelConfig> {
         remote_port,
         hostname: None,
         proxy_protocol: None,
+        tls: false,
     })
 }
 

@@ -235,6 +235,7 @@ impl AgentBuilder {
             remote_port: Some(remote_port),
             hostname: None,
             proxy_protocol: None,
+            tls: false,
         });
         self
     }
@@ -247,6 +248,7 @@ impl AgentBuilder {
             remote_port: None,
             hostname: None,
             proxy_protocol: None,
+            tls: false,
         });
         self
     }

@@ -25,7 +25,7 @@ use crate::Shared;
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// TLS handshakes that take longer are dropped (slowloris on the handshake).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers must arrive within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
