@@ -137,16 +137,6 @@ async fn start_parts(
         },
         std::time::SystemTime::now(),
     )?;
-    tracker.spawn({
-        let token = token.clone();
-        async move {
-            if let Err(e) = relay.run(token).await {
-                tracing::error!("demo relay: {e}");
-            }
-        }
-        .instrument(tracing::info_span!("relay"))
-    });
-
     let agent = Agent::new(AgentConfig {
         relay: quic.to_string(),
         token: Some(proto::Secret::new(agent_token)),
@@ -168,13 +158,38 @@ async fn start_parts(
     })
     .await
     .context("starting the agent")?;
+    // On shutdown the agent stops first, then the relay: the agent leaves instead of
+    // seeing its relay vanish and logging a lost connection.
+    let agent_done = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    tracker.spawn({
+        let (token, agent_done, relay_stop) =
+            (token.clone(), agent_done.clone(), relay_stop.clone());
+        async move {
+            token.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), agent_done.cancelled()).await;
+            relay_stop.cancel();
+        }
+    });
+    tracker.spawn({
+        let relay_stop = relay_stop.clone();
+        async move {
+            if let Err(e) = relay.run(relay_stop).await {
+                tracing::error!("demo relay: {e}");
+            }
+        }
+        .instrument(tracing::info_span!("relay"))
+    });
+
     let mut status = agent.status();
     tracker.spawn({
         let token = token.clone();
+        let agent_done = agent_done.clone();
         async move {
             if let Err(e) = agent.run(token).await {
                 tracing::error!("demo agent: {e}");
             }
+            agent_done.cancel();
         }
         .instrument(tracing::info_span!("agent"))
     });
