@@ -50,8 +50,8 @@ pub const HEIGHT: u16 = 360;
 pub const FPS: u64 = 10;
 /// JPEG quality (1-100).
 const QUALITY: u8 = 75;
-/// Open HTTP connections at most (MJPEG viewers, WebSockets, page loads); more wait in the
-/// kernel's accept queue.
+/// Open HTTP connections at most (MJPEG viewers, page loads; more wait in the kernel's accept
+/// queue), and open WebSockets at most (more are answered 503).
 pub const MAX_CONNECTIONS: usize = 64;
 /// A viewer that cannot take a WebSocket message for this long is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +203,8 @@ async fn serve(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // An upgraded connection leaves hyper (and its permit) behind: WebSockets count apart.
+    let websockets = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -225,6 +227,7 @@ async fn serve(
         let frames = frames.clone();
         let shutdown = shutdown.clone();
         let inner = tracker.clone();
+        let websockets = websockets.clone();
         tracker.spawn(
             async move {
                 let _permit = permit;
@@ -233,7 +236,10 @@ async fn serve(
                     let frames = frames.clone();
                     let shutdown = shutdown.clone();
                     let tracker = inner.clone();
-                    async move { Ok::<_, Infallible>(route(req, frames, shutdown, tracker)) }
+                    let websockets = websockets.clone();
+                    async move {
+                        Ok::<_, Infallible>(route(req, frames, shutdown, tracker, websockets))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -265,13 +271,21 @@ fn route(
     frames: watch::Sender<Frame>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    websockets: Arc<Semaphore>,
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&http::Method::GET, "/") | (&http::Method::GET, "/index.html") => {
             respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
         }
         (&http::Method::GET, "/mjpeg") => mjpeg(frames.subscribe(), shutdown),
-        (&http::Method::GET, "/ws") => websocket(req, frames.subscribe(), shutdown, tracker),
+        (&http::Method::GET, "/ws") => match websockets.try_acquire_owned() {
+            Ok(permit) => websocket(req, frames.subscribe(), shutdown, tracker, permit),
+            Err(_) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "too many WebSockets\n",
+            ),
+        },
         (&http::Method::GET, _) => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         _ => respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -346,6 +360,7 @@ fn websocket(
     frames: watch::Receiver<Frame>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response<Body> {
     let h = req.headers();
     let upgrade = h
@@ -371,6 +386,7 @@ fn websocket(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tracker.spawn(
         async move {
+            let _permit = permit;
             match on_upgrade.await {
                 Ok(io) => {
                     // The page sends nothing; whatever a client sends is read and dropped, so
