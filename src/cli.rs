@@ -23,6 +23,9 @@ pub enum Command {
     Relay(RelayArgs),
     /// Run the agent (next to the recorder).
     Agent(AgentArgs),
+    /// Relay + agent + a built-in test camera on loopback, in one process: prints the URL to
+    /// open; Ctrl-C stops it.
+    Demo(DemoArgs),
     /// Issue or revoke agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -50,6 +53,14 @@ pub struct RelayArgs {
     /// Override `listen.quic`.
     #[arg(long, env = "PERISCOPE_LISTEN_QUIC")]
     pub quic: Option<std::net::SocketAddr>,
+}
+
+/// `periscope demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// HTTPS port on 127.0.0.1 (default: 8443 if free, else any free port).
+    #[arg(long, env = "PERISCOPE_DEMO_PORT")]
+    pub port: Option<u16>,
 }
 
 /// `periscope agent`

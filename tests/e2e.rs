@@ -7,6 +7,8 @@ mod common;
 mod e2e {
     mod auth;
     mod config;
+    mod demo;
+    mod deploy;
     mod edge_tls;
     mod http;
     mod reconnect;

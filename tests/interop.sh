@@ -2,7 +2,8 @@
 # Interop suite: the release binary as a user runs it, driven by programs we did not write.
 # Today: `periscope check` on every example config, and a TCP round trip through a relay and
 # an agent started as separate processes, including kill -9 of the relay, token revocation and
-# the relay's graceful shutdown. Every wait is bounded; every process is stopped by PID.
+# the relay's graceful shutdown; and `periscope demo`. Every wait is bounded; every process is
+# stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -189,7 +190,31 @@ for _ in $(seq 100); do kill -0 "$RELAY" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$RELAY" 2>/dev/null; then fail "relay still running 10 s after SIGTERM"; fi
 ok "relay exits cleanly on SIGTERM"
 
-# 5. ACME with pebble.
+# 5. `periscope demo`: prints its box, serves the test camera through the edge (curl reads the
+#    live MJPEG stream for 3 s), and exits 0 on SIGINT while a viewer is still watching.
+DEMO_PORT=$(free_port)
+"$BIN" demo --port "$DEMO_PORT" >"$WORK/demo.out" 2>"$WORK/demo.log" &
+DEMO=$!; PIDS+=($DEMO)
+for _ in $(seq 150); do grep -q "Ctrl-C" "$WORK/demo.out" && break; sleep 0.1; done
+grep -q "curl -k --resolve cam.localhost:$DEMO_PORT:127.0.0.1 https://cam.localhost:$DEMO_PORT/" "$WORK/demo.out" \
+  || fail "demo printed no box with its curl line: $(cat "$WORK/demo.out")"
+DCURL=(curl -sk --resolve "cam.localhost:$DEMO_PORT:127.0.0.1")
+"${DCURL[@]}" --max-time 10 "https://cam.localhost:$DEMO_PORT/" | grep -q "<img src=\"/mjpeg\"" \
+  || fail "demo page through the edge"
+"${DCURL[@]}" --max-time 3 "https://cam.localhost:$DEMO_PORT/mjpeg" -o "$WORK/demo.mjpeg" || true
+frames=$(grep -ac "Content-Type: image/jpeg" "$WORK/demo.mjpeg" || true)
+[ "${frames:-0}" -ge 10 ] || fail "demo /mjpeg: $frames frames in 3 s"
+ok "periscope demo: page and live MJPEG through the edge ($frames frames in 3 s)"
+"${DCURL[@]}" --max-time 20 "https://cam.localhost:$DEMO_PORT/mjpeg" -o /dev/null &
+VIEWER=$!; PIDS+=($VIEWER)
+sleep 0.5
+kill -INT "$DEMO"
+for _ in $(seq 100); do kill -0 "$DEMO" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$DEMO" 2>/dev/null; then fail "demo still running 10 s after SIGINT"; fi
+wait "$DEMO" || fail "demo exited with status $? after SIGINT"
+ok "periscope demo exits 0 on SIGINT with a viewer connected"
+
+# 6. ACME with pebble.
 # shellcheck source=tests/interop/acme.sh
 source tests/interop/acme.sh
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod check;
+pub mod demo;
 pub mod relay;
 pub mod token;
 
@@ -12,6 +13,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Relay(args) => relay::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
         Command::Token(cmd) => token::run(cmd),
         Command::Check { config } => check::run(&config),
     }

@@ -448,8 +448,29 @@ pub async fn https_request(
     h2: bool,
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> http::Response<hyper::body::Incoming> {
+    https_request_to(
+        relay.https,
+        &[
+            relay.data_dir().join("dev-ca.crt"),
+            relay.data_dir().join("self-signed.crt"),
+        ],
+        sni,
+        h2,
+        req,
+    )
+    .await
+}
+
+/// Like [`https_request`], to any edge at `addr`, trusting the PEM files in `trust`.
+pub async fn https_request_to(
+    addr: SocketAddr,
+    trust: &[PathBuf],
+    sni: &str,
+    h2: bool,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let stream = tls_connect(relay, sni, if h2 { b"h2" } else { b"http/1.1" }).await;
+    let stream = tls_connect_to(addr, trust, sni, if h2 { b"h2" } else { b"http/1.1" }).await;
     let io = TokioIo::new(stream);
     if h2 {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -471,11 +492,29 @@ pub async fn tls_connect(
     sni: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    // Routed names carry certificates of the development CA; other names get the relay's
-    // self-signed one.
+    tls_connect_to(
+        relay.https,
+        &[
+            relay.data_dir().join("dev-ca.crt"),
+            relay.data_dir().join("self-signed.crt"),
+        ],
+        sni,
+        alpn,
+    )
+    .await
+}
+
+/// TLS to `addr` with SNI `sni` and one ALPN protocol, trusting the certificates in `trust`
+/// (PEM files).
+pub async fn tls_connect_to(
+    addr: SocketAddr,
+    trust: &[PathBuf],
+    sni: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    for file in ["dev-ca.crt", "self-signed.crt"] {
-        let pem = std::fs::read(relay.data_dir().join(file)).unwrap();
+    for file in trust {
+        let pem = std::fs::read(file).unwrap();
         roots
             .add(tokio_rustls::rustls::pki_types::CertificateDer::from(
                 pem::parse(pem).unwrap().into_contents(),
@@ -490,7 +529,7 @@ pub async fn tls_connect(
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(relay.https).await.unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)

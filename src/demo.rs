@@ -1,0 +1,284 @@
+//! `periscope demo` as a library: a relay (self-signed certificate, data in a temporary
+//! directory), an agent connected to it over QUIC, and the built-in [test camera](crate::camera)
+//! published as the http tunnel `cam`, all in this process on loopback. The command
+//! (`cmd::demo`) and the end-to-end tests both start it through [`start`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use agent::{
+    config::{Kind, TunnelConfig},
+    Agent, AgentConfig, Status,
+};
+use anyhow::Context;
+use relay::{config::AccessRule, IssueRequest, Relay, RelayConfig, RelayError};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
+
+use crate::camera::Camera;
+
+/// HTTPS port the demo tries first (that of `periscope relay --dev`).
+pub const DEFAULT_HTTPS_PORT: u16 = 8443;
+/// Name of the camera's http tunnel: it is served at `cam.DOMAIN`.
+pub const TUNNEL: &str = "cam";
+/// How long the agent may take to connect before the demo gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long stopping may take before tasks are abandoned.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// HTTPS port on 127.0.0.1: exactly this one when set (0 = any); otherwise
+    /// [`DEFAULT_HTTPS_PORT`] if it is free, else any free port.
+    pub https_port: Option<u16>,
+    /// The relay's domain; the camera is at `cam.DOMAIN`. `localhost` for the command (browsers
+    /// resolve `*.localhost` to loopback without /etc/hosts).
+    pub domain: String,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            https_port: None,
+            domain: "localhost".into(),
+        }
+    }
+}
+
+/// A running demo. Everything stops when the token given to [`start`] is cancelled; then
+/// [`Demo::wait`] returns once every part has finished, and the data directory is removed.
+#[derive(Debug)]
+pub struct Demo {
+    /// The URL to open, `https://cam.DOMAIN:PORT`.
+    pub url: String,
+    /// The camera's public hostname, `cam.DOMAIN`.
+    pub host: String,
+    /// The relay's HTTPS edge.
+    pub https: SocketAddr,
+    /// The relay's QUIC address (the agent's side).
+    pub quic: SocketAddr,
+    /// The relay certificate's fingerprint, pinned by the agent.
+    pub fingerprint: String,
+    /// The development CA (PEM) that signed the edge certificate of `host`.
+    pub cert_file: PathBuf,
+    /// The camera's HTTP origin (direct, not through the relay).
+    pub camera_http: SocketAddr,
+    /// The camera's UDP echo (direct).
+    pub camera_udp: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    camera: Camera,
+    _dir: tempfile::TempDir,
+}
+
+/// Start relay, camera and agent; return once the agent is connected and the camera's URL
+/// serves. On error everything already started is stopped.
+pub async fn start(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<Demo> {
+    let token = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let r = start_parts(&opts, &token, &tracker).await;
+    if r.is_err() {
+        token.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(STOP_TIMEOUT, tracker.wait()).await;
+    }
+    r
+}
+
+async fn start_parts(
+    opts: &DemoOptions,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Demo> {
+    let dir = tempfile::Builder::new()
+        .prefix("periscope-demo-")
+        .tempdir()
+        .context("creating a temporary data directory")?;
+    let camera = Camera::start(token.clone())
+        .await
+        .context("starting the test camera")?;
+    let host = format!("{TUNNEL}.{}", opts.domain);
+
+    let mut config = RelayConfig::dev(dir.path().join("data"));
+    config.domain = opts.domain.clone();
+    // The agent is in this process: any QUIC port will do, and a `relay --dev` may hold 4443.
+    config.listen.quic = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.https = SocketAddr::from((
+        [127, 0, 0, 1],
+        opts.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
+    ));
+    config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.limits.shutdown_grace = Duration::from_secs(2);
+    config.access.push(AccessRule {
+        host: host.clone(),
+        public: true,
+    });
+    let relay = match Relay::bind(config.clone()).await {
+        Err(RelayError::Bind { addr, error })
+            if opts.https_port.is_none() && addr.starts_with("tcp") =>
+        {
+            tracing::debug!("{addr}: {error}; using any free port");
+            config.listen.https.set_port(0);
+            Relay::bind(config).await
+        }
+        r => r,
+    }
+    .context("starting the relay")?;
+    let https = relay.https_addr();
+    let quic = relay.quic_addr();
+    let fingerprint = relay.fingerprint().to_string();
+    let cert_file = relay
+        .dev_ca()
+        .context("the demo relay has no development CA")?;
+    let (agent_token, _) = relay.keys().issue(
+        &IssueRequest {
+            agent: "demo".into(),
+            hosts: vec![host.clone()],
+            tcp_ports: vec![],
+            udp_ports: vec![],
+            ttl: Duration::from_secs(7 * 86400),
+        },
+        std::time::SystemTime::now(),
+    )?;
+    let agent = Agent::new(AgentConfig {
+        relay: quic.to_string(),
+        token: Some(proto::Secret::new(agent_token)),
+        token_file: None,
+        fingerprint: Some(fingerprint.clone()),
+        ca_file: None,
+        server_name: None,
+        transport: Default::default(),
+        connect_timeout: Duration::from_secs(5),
+        quic: Default::default(),
+        tunnels: vec![TunnelConfig {
+            name: TUNNEL.into(),
+            kind: Kind::Http,
+            target: camera.http_addr().to_string(),
+            remote_port: None,
+            hostname: Some(host.clone()),
+            proxy_protocol: None,
+            tls: false,
+        }],
+    })
+    .await
+    .context("starting the agent")?;
+    // On shutdown the agent stops first, then the relay: the agent leaves instead of
+    // seeing its relay vanish and logging a lost connection.
+    let agent_done = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    tracker.spawn({
+        let (token, agent_done, relay_stop) =
+            (token.clone(), agent_done.clone(), relay_stop.clone());
+        async move {
+            token.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(3), agent_done.cancelled()).await;
+            relay_stop.cancel();
+        }
+    });
+    tracker.spawn({
+        let relay_stop = relay_stop.clone();
+        async move {
+            if let Err(e) = relay.run(relay_stop).await {
+                tracing::error!("demo relay: {e}");
+            }
+        }
+        .instrument(tracing::info_span!("relay"))
+    });
+
+    let mut status = agent.status();
+    tracker.spawn({
+        let token = token.clone();
+        let agent_done = agent_done.clone();
+        async move {
+            if let Err(e) = agent.run(token).await {
+                tracing::error!("demo agent: {e}");
+            }
+            agent_done.cancel();
+        }
+        .instrument(tracing::info_span!("agent"))
+    });
+    tracker.close();
+
+    let connected = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        status.wait_for(|s| matches!(s, Status::Connected { .. } | Status::Rejected { .. })),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok().map(|s| s.clone()));
+    let url = match connected {
+        Some(Status::Connected { public, .. }) => public
+            .into_iter()
+            .find(|(name, _)| name == TUNNEL)
+            .map(|(_, url)| url)
+            .unwrap_or_else(|| format!("https://{host}:{}", https.port())),
+        Some(Status::Rejected { reason, detail }) => {
+            anyhow::bail!("the relay refused the demo agent: {reason:?}: {detail}")
+        }
+        _ => anyhow::bail!(
+            "the demo agent did not connect within {}s (status: {:?})",
+            CONNECT_TIMEOUT.as_secs(),
+            *status.borrow()
+        ),
+    };
+    Ok(Demo {
+        url,
+        host,
+        https,
+        quic,
+        fingerprint,
+        cert_file,
+        camera_http: camera.http_addr(),
+        camera_udp: camera.udp_addr(),
+        shutdown: token.clone(),
+        tracker: tracker.clone(),
+        camera,
+        _dir: dir,
+    })
+}
+
+impl Demo {
+    /// The short box `periscope demo` prints.
+    pub fn banner(&self) -> String {
+        let port = self.https.port();
+        let lines = [
+            "periscope demo: relay + agent + test camera, loopback only".to_string(),
+            String::new(),
+            format!("open    {}/", self.url),
+            "        (local development CA: accept the browser's warning)".to_string(),
+            format!(
+                "check   curl -k --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
+                h = self.host
+            ),
+            format!("login   none yet: {} is public in the demo;", self.host),
+            "        logins arrive with edge access control".to_string(),
+            "stop    Ctrl-C".to_string(),
+        ];
+        let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        let mut out = format!("┌{}┐\n", "─".repeat(width + 2));
+        for l in &lines {
+            out.push_str(&format!("│ {l:<width$} │\n"));
+        }
+        out.push_str(&format!("└{}┘\n", "─".repeat(width + 2)));
+        out
+    }
+
+    /// Wait until the shutdown token fires, then until relay, agent and camera have stopped
+    /// (at most a few seconds); the temporary data directory is removed.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        let done = async {
+            self.tracker.wait().await;
+            self.camera.wait().await;
+        };
+        if tokio::time::timeout(STOP_TIMEOUT, done).await.is_err() {
+            tracing::warn!("the demo did not stop within {}s", STOP_TIMEOUT.as_secs());
+        }
+    }
+
+    /// Stop everything now and wait for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
