@@ -107,3 +107,55 @@ async fn routed_hostnames_get_their_own_certificate_and_hsts_is_configurable() {
         relay.stop().await;
     }
 }
+
+#[tokio::test]
+async fn tcp_tunnel_with_tls_is_terminated_at_the_relay() {
+    let echo = echo_server().await;
+    let relay = TestRelay::start().await;
+    let port = free_port();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[port]))
+        .tcp("cam", echo, port)
+        .configure(|c| c.tunnels[0].tls = true)
+        .start()
+        .await;
+    let agent::Status::Connected { public, .. } = agent.connected().await else {
+        unreachable!()
+    };
+    assert_eq!(public[0].1, format!("tls://cam.relay.localhost:{port}"));
+    // The visitor speaks TLS (verified against the development CA for the tunnel's name);
+    // the echo target sees and returns plain bytes.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tls = tls_connect_to(
+        addr,
+        &[relay.data_dir().join("dev-ca.crt")],
+        "cam.relay.localhost",
+        b"http/1.1",
+    )
+    .await;
+    tls.write_all(b"live video frame").await.unwrap();
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&buf, b"live video frame");
+    drop(tls);
+    agent.stop().await;
+
+    // The certificate's name must be one the token allows.
+    let mut other = AgentBuilder::new(&relay, &relay.token("other", &[port]))
+        .tcp("cam", echo, port)
+        .configure(|c| c.tunnels[0].tls = true)
+        .start()
+        .await;
+    let s = other
+        .wait_for("rejected", |s| matches!(s, agent::Status::Rejected { .. }))
+        .await;
+    let agent::Status::Rejected { reason, detail } = s else {
+        unreachable!()
+    };
+    assert_eq!(reason, proto::RejectReason::HostnameNotAllowed);
+    assert!(detail.contains("cam.relay.localhost"), "{detail}");
+    other.stop().await;
+    relay.stop().await;
+}
