@@ -1,0 +1,570 @@
+//! HTTPS edge benchmark: what a visitor gets through Periscope (relay + agent processes)
+//! against what self-hosters run today, all in the same run on loopback:
+//! - direct: the origin itself (nginx serving files, plain HTTP);
+//! - nginx TLS: nginx as a TLS reverse proxy to the origin;
+//! - nginx TLS + rathole: nginx in front of a rathole tunnel (when `RATHOLE` or `rathole` on
+//!   PATH is available) — the proxy-plus-tunnel stack Periscope replaces;
+//! - periscope: relay (HTTPS edge) + agent (QUIC) to the origin.
+//!
+//! Load: wrk (HTTP/1.1 keep-alive: req/s, p50, p99) and h2load (HTTP/2: req/s) for a 1 KiB
+//! and a 1 MiB response. Then live video: MJPEG frame latency (frame written by an in-process
+//! origin → frame read by the client), one stream and a 16-camera grid (16 HTTP/1.1
+//! connections direct, one HTTP/2 connection through Periscope).
+//!
+//! `cargo bench --bench https` (needs `wrk`, `h2load` from nghttp2-client, `nginx`; apt).
+//! Medians of RUNS runs. Every loop is bounded; every process is killed on drop.
+
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+const EXE: &str = env!("CARGO_BIN_EXE_periscope");
+const RUNS: usize = 3;
+const LOAD_SECS: u32 = 8;
+const FRAMES: usize = 200;
+const FRAME_BYTES: usize = 30_000;
+const FPS: u64 = 50;
+const GRID: usize = 16;
+
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 4000) as u16 * 2;
+    loop {
+        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4000;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", p));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", p));
+        if tcp.is_ok() && udp.is_ok() {
+            return p;
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Child processes killed on drop.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_port(port: u16) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn nginx(dir: &Path, name: &str, workers: &str, server: &str) -> Child {
+    let conf = dir.join(format!("nginx-{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; worker_processes {workers}; pid {d}/nginx-{name}.pid;\n\
+             error_log {d}/nginx-{name}.err warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000;\n\
+             client_body_temp_path {d}/tmp-{name}; proxy_temp_path {d}/ptmp-{name};\n\
+             fastcgi_temp_path {d}/f-{name}; uwsgi_temp_path {d}/u-{name}; scgi_temp_path {d}/s-{name};\n\
+             {server} }}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(dir.join(format!("nginx-{name}.stderr")))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt install nginx-light)")
+}
+
+/// A TLS reverse proxy on `port` to `upstream`, with upstream keep-alive.
+fn nginx_tls(dir: &Path, name: &str, port: u16, upstream: u16) -> Child {
+    nginx(
+        dir,
+        name,
+        "auto",
+        &format!(
+            "upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem; ssl_protocols TLSv1.3;\n\
+             location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            d = dir.display()
+        ),
+    )
+}
+
+fn rathole_bin() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("RATHOLE") {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from("/tmp/rathole-inst/bin/rathole");
+    if p.exists() {
+        return Some(p);
+    }
+    Command::new("rathole")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()
+        .map(|_| PathBuf::from("rathole"))
+}
+
+/// rathole server + client forwarding public `port` to `target` (plain tcp transport, as
+/// behind nginx TLS).
+fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
+    let ctl = free_port();
+    let s = dir.join("rathole-server.toml");
+    let c = dir.join("rathole-client.toml");
+    std::fs::write(
+        &s,
+        format!(
+            "[server]\nbind_addr = \"127.0.0.1:{ctl}\"\n[server.services.web]\ntoken = \"t\"\n\
+             bind_addr = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &c,
+        format!(
+            "[client]\nremote_addr = \"127.0.0.1:{ctl}\"\n[client.services.web]\ntoken = \"t\"\n\
+             local_addr = \"127.0.0.1:{target}\"\n"
+        ),
+    )
+    .unwrap();
+    let server = Command::new(bin)
+        .arg("--server")
+        .arg(&s)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(ctl);
+    let client = Command::new(bin)
+        .arg("--client")
+        .arg(&c)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    vec![server, client]
+}
+
+/// Relay + agent publishing `cam.localhost` → `target`; returns the edge port and processes.
+fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
+    let (quic, https, http) = (free_port(), free_port(), free_port());
+    let cfg = dir.join("relay.toml");
+    let mut toml = format!(
+        "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
+         http = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
+         [tls]\nhsts = false\n",
+        dir.join("data").display()
+    );
+    for (name, _) in targets {
+        toml.push_str(&format!(
+            "[[access]]\nhost = \"{name}.localhost\"\npublic = true\n"
+        ));
+    }
+    std::fs::write(&cfg, toml).unwrap();
+    let mut issue = Command::new(EXE);
+    issue
+        .args(["token", "issue", "--config"])
+        .arg(&cfg)
+        .args(["--agent", "bench"]);
+    for (name, _) in targets {
+        issue.args(["--host", &format!("{name}.localhost")]);
+    }
+    let out = issue.stderr(Stdio::null()).output().unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let relay = Command::new(EXE)
+        .env("PERISCOPE_LOG", "warn")
+        .args(["relay", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(dir.join("relay.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(https);
+    let fp = std::fs::read_to_string(dir.join("relay.log"))
+        .unwrap()
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_hexdigit()).to_string())
+        .unwrap();
+    let mut agent = Command::new(EXE);
+    agent
+        .env("PERISCOPE_LOG", "warn")
+        .args(["agent", "--relay", &format!("127.0.0.1:{quic}")])
+        .args(["--fingerprint", &fp, "--token", &token]);
+    for (name, t) in targets {
+        agent.args(["--http", &format!("{name}={t}")]);
+    }
+    let agent = agent
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Until the route answers.
+    let t0 = Instant::now();
+    loop {
+        let ok = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--resolve", &format!("{}.localhost:{https}:127.0.0.1", targets[0].0)])
+            .arg(format!("https://{}.localhost:{https}/", targets[0].0))
+            .output()
+            .map(|o| o.stdout != b"502" && o.stdout != b"404" && !o.stdout.is_empty())
+            .unwrap_or(false);
+        if ok || t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (https, vec![relay, agent])
+}
+
+/// wrk: (req/s, p50 ms, p99 ms).
+fn wrk(url: &str, host: &str) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{LOAD_SECS}s"), "--latency"])
+        .args(["-H", &format!("Host: {host}")])
+        .arg(url)
+        .output()
+        .expect("wrk (apt install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ms = |s: &str| -> f64 {
+        let v: f64 = s
+            .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+            .parse()
+            .unwrap_or(f64::NAN);
+        if s.ends_with("us") {
+            v / 1000.0
+        } else if s.ends_with("ms") {
+            v
+        } else {
+            v * 1000.0
+        }
+    };
+    let mut rps = f64::NAN;
+    let (mut p50, mut p99) = (f64::NAN, f64::NAN);
+    for l in text.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match w.as_slice() {
+            ["Requests/sec:", v] => rps = v.parse().unwrap_or(f64::NAN),
+            ["50%", v] => p50 = ms(v),
+            ["99%", v] => p99 = ms(v),
+            _ => {}
+        }
+    }
+    if rps.is_nan() {
+        eprintln!("wrk {url}: {text}");
+    }
+    (rps, p50, p99)
+}
+
+/// h2load: req/s over 4 connections × 16 streams.
+fn h2load(url: &str, authority: &str) -> f64 {
+    let out = Command::new("h2load")
+        .args(["-c4", "-m16", "-t2", "-D", &LOAD_SECS.to_string()])
+        .args(["-H", &format!(":authority: {authority}")])
+        .arg(url)
+        .output()
+        .expect("h2load (apt install nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN);
+    if rps.is_nan() {
+        eprintln!("h2load {url}: {text}");
+    }
+    rps
+}
+
+/// An MJPEG origin: `/mjpeg` sends FRAMES frames at FPS, each carrying the nanoseconds since
+/// `epoch` at which it was written.
+async fn mjpeg_origin(epoch: Instant) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    let (mut tx, body) =
+                        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(
+                            2,
+                        );
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FPS));
+                        for _ in 0..FRAMES {
+                            tick.tick().await;
+                            let mut part = format!(
+                                "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {FRAME_BYTES}\r\n\r\n"
+                            )
+                            .into_bytes();
+                            let t = epoch.elapsed().as_nanos() as u64;
+                            let mut frame = vec![0x55u8; FRAME_BYTES];
+                            frame[..8].copy_from_slice(&t.to_be_bytes());
+                            part.extend_from_slice(&frame);
+                            part.extend_from_slice(b"\r\n");
+                            if tx.send_data(part.into()).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header(
+                                "content-type",
+                                "multipart/x-mixed-replace; boundary=frame",
+                            )
+                            .body(body)
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Read the multipart stream and return each frame's latency (ms).
+async fn read_frames(body: hyper::body::Incoming, epoch: Instant) -> Vec<f64> {
+    let mut body = body;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut lat = Vec::new();
+    let marker = b"\r\n\r\n";
+    while let Some(Ok(f)) = body.frame().await {
+        let Ok(data) = f.into_data() else { continue };
+        buf.extend_from_slice(&data);
+        // Consume complete parts: header, FRAME_BYTES, CRLF.
+        loop {
+            let Some(h) = buf.windows(4).position(|w| w == marker) else {
+                break;
+            };
+            let start = h + 4;
+            if buf.len() < start + FRAME_BYTES + 2 {
+                break;
+            }
+            let t = u64::from_be_bytes(buf[start..start + 8].try_into().unwrap());
+            let now = epoch.elapsed().as_nanos() as u64;
+            lat.push(now.saturating_sub(t) as f64 / 1e6);
+            buf.drain(..start + FRAME_BYTES + 2);
+        }
+    }
+    lat
+}
+
+fn tls_client(ca: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap();
+    roots
+        .add(tokio_rustls::rustls::pki_types::CertificateDer::from(
+            pem::parse(pem).unwrap().into_contents(),
+        ))
+        .unwrap();
+    let mut cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+/// `n` MJPEG streams direct (one HTTP/1.1 connection each): all frame latencies.
+async fn mjpeg_direct(origin: SocketAddr, n: usize, epoch: Instant) -> Vec<f64> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let s = TcpStream::connect(origin).await.unwrap();
+                let _ = s.set_nodelay(true);
+                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let req = http::Request::get("/mjpeg")
+                    .header("host", "origin")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                read_frames(resp.into_body(), epoch).await
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// `n` MJPEG streams through Periscope on one HTTP/2 connection.
+async fn mjpeg_periscope(edge: u16, ca: &Path, n: usize, epoch: Instant) -> Vec<f64> {
+    let tcp = TcpStream::connect(("127.0.0.1", edge)).await.unwrap();
+    let _ = tcp.set_nodelay(true);
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("cam.localhost").unwrap();
+    let tls = tls_client(ca).connect(name, tcp).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("https://cam.localhost/mjpeg")
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                read_frames(resp.into_body(), epoch).await
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One self-signed certificate for nginx.
+    let ck = rcgen::generate_simple_self_signed(vec!["cam.localhost".into()]).unwrap();
+    std::fs::write(d.join("cert.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(d.join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("1k"), vec![b'x'; 1024]).unwrap();
+    std::fs::write(www.join("1m"), vec![b'x'; 1 << 20]).unwrap();
+
+    let origin = free_port();
+    let mut procs = Procs(vec![nginx(
+        d,
+        "origin",
+        "1",
+        &format!(
+            "server {{ listen 127.0.0.1:{origin}; root {}; }}",
+            www.display()
+        ),
+    )]);
+    wait_port(origin);
+    let proxy = free_port();
+    procs.0.push(nginx_tls(d, "proxy", proxy, origin));
+    wait_port(proxy);
+    let mut systems: Vec<(String, String, u16)> = vec![
+        ("direct (origin, plain HTTP/1.1)".into(), "http".into(), origin),
+        ("nginx TLS reverse proxy".into(), "https".into(), proxy),
+    ];
+    if let Some(bin) = rathole_bin() {
+        let (rh, front) = (free_port(), free_port());
+        procs.0.extend(rathole(d, &bin, rh, origin));
+        procs.0.push(nginx_tls(d, "front", front, rh));
+        wait_port(front);
+        wait_port(rh);
+        systems.push(("nginx TLS + rathole".into(), "https".into(), front));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let epoch = Instant::now();
+    let cam = rt.block_on(mjpeg_origin(epoch));
+    let (edge, p) = periscope(
+        &d.join("p"),
+        &[("cam", cam), ("files", SocketAddr::from(([127, 0, 0, 1], origin)))],
+    );
+    procs.0.extend(p);
+    systems.push(("periscope (relay + agent, QUIC)".into(), "https".into(), edge));
+
+    println!("| system | body | HTTP/1.1 req/s | p50 ms | p99 ms | HTTP/2 req/s |");
+    println!("|---|---|---|---|---|---|");
+    for (name, scheme, port) in &systems {
+        let host = if name.starts_with("periscope") {
+            format!("files.localhost:{port}")
+        } else {
+            format!("cam.localhost:{port}")
+        };
+        for body in ["1k", "1m"] {
+            let url = format!("{scheme}://127.0.0.1:{port}/{body}");
+            let mut r = Vec::new();
+            for _ in 0..RUNS {
+                r.push(wrk(&url, &host));
+            }
+            let h2 = if scheme == "https" {
+                let v: Vec<f64> = (0..RUNS).map(|_| h2load(&url, &host)).collect();
+                format!("{:.0}", median(v))
+            } else {
+                "—".into()
+            };
+            println!(
+                "| {name} | {body} | {:.0} | {:.2} | {:.2} | {h2} |",
+                median(r.iter().map(|x| x.0).collect()),
+                median(r.iter().map(|x| x.1).collect()),
+                median(r.iter().map(|x| x.2).collect()),
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "| MJPEG ({FPS} fps, {FRAME_BYTES} B frames, {FRAMES} frames/stream) | streams | frames | p50 ms | p99 ms |"
+    );
+    println!("|---|---|---|---|---|");
+    let ca = d.join("p/data/dev-ca.crt");
+    for n in [1, GRID] {
+        let mut direct = rt.block_on(mjpeg_direct(cam, n, epoch));
+        let mut tunnel = rt.block_on(mjpeg_periscope(edge, &ca, n, epoch));
+        for (label, v) in [
+            ("direct (HTTP/1.1, one connection per stream)", &mut direct),
+            ("periscope (HTTP/2, one connection)", &mut tunnel),
+        ] {
+            let frames = v.len();
+            println!(
+                "| {label} | {n} | {frames} | {:.2} | {:.2} |",
+                percentile(v, 0.5),
+                percentile(v, 0.99)
+            );
+        }
+    }
+    drop(procs);
+}
