@@ -57,7 +57,7 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     let (Ok(visitor), Ok(server)) = (sock.peer_addr(), sock.local_addr()) else {
         return;
     };
-    let open_timeout = shared.config.limits.stream_open_timeout;
+    let open_timeout = shared.config.limits.connect_timeout;
     let opened = tokio::time::timeout(open_timeout, async {
         let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let open = StreamOpen {
@@ -90,7 +90,7 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
     };
-    match splice(sock, stream).await {
+    match splice(sock, stream, Some(shared.config.limits.idle_timeout)).await {
         Ok(s) => tracing::debug!(
             up = s.tcp_to_stream,
             down = s.stream_to_tcp,

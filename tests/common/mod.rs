@@ -226,25 +226,26 @@ impl AgentBuilder {
 
     pub fn tcp(mut self, name: &str, target: SocketAddr, remote_port: u16) -> Self {
         self.config.tunnels.push(TunnelConfig {
-            name: name.into(),
-            kind: agent::config::Kind::Tcp,
-            target: target.to_string(),
             remote_port: Some(remote_port),
-            hostname: None,
-            proxy_protocol: None,
+            ..TunnelConfig::new(name, agent::config::Kind::Tcp, &target.to_string())
         });
         self
     }
 
     pub fn http(mut self, name: &str, target: SocketAddr) -> Self {
-        self.config.tunnels.push(TunnelConfig {
-            name: name.into(),
-            kind: agent::config::Kind::Http,
-            target: target.to_string(),
-            remote_port: None,
-            hostname: None,
-            proxy_protocol: None,
-        });
+        self.config.tunnels.push(TunnelConfig::new(
+            name,
+            agent::config::Kind::Http,
+            &target.to_string(),
+        ));
+        self
+    }
+
+    /// Adjust the last tunnel added.
+    pub fn tunnel(mut self, f: impl FnOnce(&mut TunnelConfig)) -> Self {
+        if let Some(t) = self.config.tunnels.last_mut() {
+            f(t);
+        }
         self
     }
 
