@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nvr;
+pub use nvr::Nvr;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -489,47 +492,4 @@ pub async fn tls_connect(
         .await
         .unwrap();
     stream
-}
-
-/// A fake recorder web server (HTTP/1.1): `/headers` answers with the request headers it saw,
-/// one per line; `/stream` sends "frame-1" at once and "frame-2" only after `release` fires.
-pub async fn http_target(release: Arc<tokio::sync::Notify>) -> SocketAddr {
-    use http_body_util::BodyExt;
-    tcp_server(move |s| {
-        let release = release.clone();
-        async move {
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let release = release.clone();
-                    async move {
-                        let body = match req.uri().path() {
-                            "/stream" => {
-                                let (mut tx, body) = http_body_util::channel::Channel::<
-                                    bytes::Bytes,
-                                    std::convert::Infallible,
-                                >::new(4);
-                                tokio::spawn(async move {
-                                    let _ = tx.send_data("frame-1\n".into()).await;
-                                    release.notified().await;
-                                    let _ = tx.send_data("frame-2\n".into()).await;
-                                });
-                                body.boxed()
-                            }
-                            _ => {
-                                let mut text = String::new();
-                                for (k, v) in req.headers() {
-                                    text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
-                                }
-                                http_body_util::Full::new(bytes::Bytes::from(text)).boxed()
-                            }
-                        };
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                .await;
-        }
-    })
-    .await
 }
