@@ -174,20 +174,23 @@ impl TestRelay {
         self.config.data_dir.clone()
     }
 
-    /// Graceful stop: GoAway, drain, close.
+    /// Graceful stop: GoAway, drain, close. Returns once the runtime is gone, so the relay's
+    /// sockets are closed and a restart can bind the same ports.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(done) = self.done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        self.kill_runtime().await;
     }
 
     /// Like `kill -9`: every task and socket of the relay vanishes without a word. Returns
     /// once the runtime is gone, so its sockets are closed and the ports free again.
     pub async fn kill(mut self) {
+        self.kill_runtime().await;
+    }
+
+    async fn kill_runtime(&mut self) {
         if let Some(rt) = self.rt.take() {
             tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
                 .await

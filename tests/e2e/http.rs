@@ -320,6 +320,7 @@ async fn target_that_never_accepts_is_a_fast_504() {
     let r = send(&relay, false, "/").await;
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(text(r).await.contains("did not answer within 1s"));
     agent.stop().await;
     relay.stop().await;
     // …or the agent's own connect_timeout, reported as a Timeout.

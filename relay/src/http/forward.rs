@@ -206,7 +206,10 @@ async fn open_stream(
         Err(Box::new(page(
             StatusCode::GATEWAY_TIMEOUT,
             "Gateway timeout",
-            "The recorder's agent did not answer in time.",
+            &format!(
+                "The recorder (or its agent) did not answer within {}.",
+                humantime::format_duration(limit)
+            ),
         )))
     })
 }
