@@ -77,6 +77,8 @@ pub struct TunnelSpec {
     /// Explicit public hostname asked for (http); default is `NAME.DOMAIN`.
     pub hostname: Option<String>,
     /// How the relay treats requests and responses of an http tunnel (`None` for tcp/udp).
+    /// Added before 1.0: `TunnelSpec` sits inside `Hello`'s list, so a relay and an agent from
+    /// either side of this field cannot decode each other's `Hello`; upgrade both.
     pub http: Option<HttpOptions>,
 }
 
