@@ -505,6 +505,24 @@ async fn oversized_request_head_is_431() {
         );
         assert!(text(r).await.contains("too large"));
     }
+    // Far over it (past hyper's buffer): HTTP/1.1 still answers 431 before closing.
+    let mut tls = tls_connect(&relay, HOST, b"http/1.1").await;
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+        "v".repeat(90 * 1024)
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(head.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
     agent.stop().await;
     relay.stop().await;
 }
