@@ -45,6 +45,47 @@ pub fn trace() {
         .try_init();
 }
 
+/// Log lines captured by [`capture_logs`].
+pub struct LogCapture {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+/// Capture what is logged on this thread (info and up) until the capture is dropped. In a
+/// `#[tokio::test]` that is the test itself and the agents it started (they run on the test's
+/// runtime), not the relay (its own runtime).
+pub fn capture_logs() -> LogCapture {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    LogCapture {
+        buf,
+        _guard: tracing::subscriber::set_default(subscriber),
+    }
+}
+
 /// A relay running on its own single-threaded runtime.
 pub struct TestRelay {
     pub addr: SocketAddr,

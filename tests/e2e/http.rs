@@ -242,11 +242,19 @@ async fn https_recorder_with_a_self_signed_certificate() {
     relay.stop().await;
     // Verified against the web PKI: the self-signed certificate fails, the visitor gets a 502
     // quickly and the agent logs why (with the target_tls_verify hint).
+    let logs = capture_logs();
     let (relay, agent) = publish(nvr.addr, |_| {}, |t| t.target_tls = Some(true)).await;
     let t0 = Instant::now();
     let r = send(&relay, false, "/api/request").await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     assert!(t0.elapsed() < Duration::from_secs(3));
+    let log = logs.text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("TLS handshake failed: invalid peer certificate")
+            && log.contains("needs target_tls_verify = false"),
+        "agent log: {log}"
+    );
     agent.stop().await;
     relay.stop().await;
 }
