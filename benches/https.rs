@@ -222,7 +222,10 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
         .unwrap()
         .split_whitespace()
         .find(|w| w.starts_with("sha256:"))
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_hexdigit()).to_string())
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_hexdigit())
+                .to_string()
+        })
         .unwrap();
     let mut agent = Command::new(EXE);
     agent
@@ -241,7 +244,10 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
     loop {
         let ok = Command::new("curl")
             .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
-            .args(["--resolve", &format!("{}.localhost:{https}:127.0.0.1", targets[0].0)])
+            .args([
+                "--resolve",
+                &format!("{}.localhost:{https}:127.0.0.1", targets[0].0),
+            ])
             .arg(format!("https://{}.localhost:{https}/", targets[0].0))
             .output()
             .map(|o| o.stdout != b"502" && o.stdout != b"404" && !o.stdout.is_empty())
@@ -326,11 +332,10 @@ async fn mjpeg_origin(epoch: Instant) -> SocketAddr {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| async move {
                     let (mut tx, body) =
-                        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(
-                            2,
-                        );
+                        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
                     tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FPS));
+                        let mut tick =
+                            tokio::time::interval(Duration::from_micros(1_000_000 / FPS));
                         for _ in 0..FRAMES {
                             tick.tick().await;
                             let mut part = format!(
@@ -349,10 +354,7 @@ async fn mjpeg_origin(epoch: Instant) -> SocketAddr {
                     });
                     Ok::<_, std::convert::Infallible>(
                         http::Response::builder()
-                            .header(
-                                "content-type",
-                                "multipart/x-mixed-replace; boundary=frame",
-                            )
+                            .header("content-type", "multipart/x-mixed-replace; boundary=frame")
                             .body(body)
                             .unwrap(),
                     )
@@ -445,9 +447,10 @@ async fn mjpeg_periscope(edge: u16, ca: &Path, n: usize, epoch: Instant) -> Vec<
     let _ = tcp.set_nodelay(true);
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("cam.localhost").unwrap();
     let tls = tls_client(ca).connect(name, tcp).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let tasks: Vec<_> = (0..n)
         .map(|_| {
@@ -495,7 +498,11 @@ fn main() {
     procs.0.push(nginx_tls(d, "proxy", proxy, origin));
     wait_port(proxy);
     let mut systems: Vec<(String, String, u16)> = vec![
-        ("direct (origin, plain HTTP/1.1)".into(), "http".into(), origin),
+        (
+            "direct (origin, plain HTTP/1.1)".into(),
+            "http".into(),
+            origin,
+        ),
         ("nginx TLS reverse proxy".into(), "https".into(), proxy),
     ];
     if let Some(bin) = rathole_bin() {
@@ -511,10 +518,17 @@ fn main() {
     let cam = rt.block_on(mjpeg_origin(epoch));
     let (edge, p) = periscope(
         &d.join("p"),
-        &[("cam", cam), ("files", SocketAddr::from(([127, 0, 0, 1], origin)))],
+        &[
+            ("cam", cam),
+            ("files", SocketAddr::from(([127, 0, 0, 1], origin))),
+        ],
     );
     procs.0.extend(p);
-    systems.push(("periscope (relay + agent, QUIC)".into(), "https".into(), edge));
+    systems.push((
+        "periscope (relay + agent, QUIC)".into(),
+        "https".into(),
+        edge,
+    ));
 
     println!("| system | body | HTTP/1.1 req/s | p50 ms | p99 ms | HTTP/2 req/s |");
     println!("|---|---|---|---|---|---|");

@@ -151,13 +151,8 @@ async fn start_parts(
         connect_timeout: Duration::from_secs(5),
         quic: Default::default(),
         tunnels: vec![TunnelConfig {
-            name: TUNNEL.into(),
-            kind: Kind::Http,
-            target: camera.http_addr().to_string(),
-            remote_port: None,
             hostname: Some(host.clone()),
-            proxy_protocol: None,
-            tls: false,
+            ..TunnelConfig::new(TUNNEL, Kind::Http, &camera.http_addr().to_string())
         }],
     })
     .await

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Interop suite: the release binary as a user runs it, driven by programs we did not write.
-# Today: `periscope check` on every example config, and a TCP round trip through a relay and
-# an agent started as separate processes, including kill -9 of the relay, token revocation and
-# the relay's graceful shutdown; and `periscope demo`. Every wait is bounded; every process is
-# stopped by PID.
+# Today: `periscope check` on every example config, a TCP round trip through a relay and an
+# agent started as separate processes, curl through the HTTPS edge (HTTP/1.1 and HTTP/2:
+# 100 MiB each way with sha256 checks, an endless MJPEG stream read with `curl -N`), kill -9 of
+# the relay, token revocation, the relay's graceful shutdown, `periscope demo`, and ACME with
+# pebble (http-01, tls-alpn-01). Every wait is bounded; every process is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,9 +55,38 @@ PY
 }
 QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port); HTTP=$(free_port)
 
-# A web target: python's own http.server, serving one file.
+# A web target on python's own http.server: static files (a 100 MiB one among them), an
+# upload sink answering the body's sha256, and endless MJPEG (close-delimited, HTTP/1.0).
 mkdir -p "$WORK/www" && echo "hello from the recorder" >"$WORK/www/hello.txt"
-python3 -m http.server "$WEB" --bind 127.0.0.1 --directory "$WORK/www" >"$WORK/web.log" 2>&1 &
+head -c $((100 << 20)) /dev/urandom >"$WORK/www/big.bin"
+BIG_SUM=$(sha256sum "$WORK/www/big.bin" | cut -d' ' -f1)
+python3 - "$WEB" "$WORK/www" >"$WORK/web.log" 2>&1 <<'PY' &
+import functools, hashlib, http.server, sys, time
+class Recorder(http.server.SimpleHTTPRequestHandler):
+    def do_POST(self):
+        left, h = int(self.headers.get("Content-Length", "0")), hashlib.sha256()
+        while left > 0:
+            d = self.rfile.read(min(left, 1 << 16))
+            if not d: break
+            h.update(d); left -= len(d)
+        body = h.hexdigest().encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path != "/mjpeg":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame"); self.end_headers()
+        jpeg = b"\xff\xd8" + b"\x55" * 2000 + b"\xff\xd9"
+        try:
+            while True:
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
+                self.wfile.flush(); time.sleep(0.1)
+        except OSError:
+            pass
+handler = functools.partial(Recorder, directory=sys.argv[2])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+PY
 PIDS+=($!)
 
 # A TCP echo target (python, not ours).
@@ -153,6 +183,27 @@ for v in --http1.1 --http2; do
   esac
 done
 ok "curl over HTTP/1.1 and HTTP/2 through the HTTPS edge"
+for v in --http1.1 --http2; do
+  sum=$("${CURL[@]}" --max-time 120 "$v" "https://cam.relay.localhost:$HTTPS/big.bin" | sha256sum | cut -d' ' -f1)
+  [ "$sum" = "$BIG_SUM" ] || fail "curl $v: 100 MiB download has sha256 $sum, expected $BIG_SUM"
+  sum=$("${CURL[@]}" --max-time 120 "$v" --data-binary @"$WORK/www/big.bin" -H 'Content-Type: application/octet-stream' "https://cam.relay.localhost:$HTTPS/upload") || fail "curl $v upload"
+  [ "$sum" = "$BIG_SUM" ] || fail "curl $v: the recorder got an upload with sha256 $sum, expected $BIG_SUM"
+done
+ok "100 MiB download and upload over HTTP/1.1 and HTTP/2, sha256 equal"
+for v in --http1.1 --http2; do
+  # Five frames must arrive as they are sent (0.1 s apart), not when a buffer fills. curl
+  # ends with a write error once the reader has seen enough.
+  frames=$( { "${CURL[@]}" -N "$v" "https://cam.relay.localhost:$HTTPS/mjpeg" 2>/dev/null || true; } | python3 -c '
+import sys, time
+t0, n, buf = time.time(), 0, b""
+while n < 5:
+    d = sys.stdin.buffer.read1(65536)
+    if not d: break
+    buf += d; n = buf.count(b"--frame\r\n")
+print(n if time.time() - t0 < 5 else -1)')
+  [ "$frames" = "5" ] || fail "curl -N $v: MJPEG frames did not stream (got $frames)"
+done
+ok "curl -N reads MJPEG frames as they come over HTTP/1.1 and HTTP/2"
 code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://nobody.relay.localhost:$HTTPS/") || true
 [ "$code" = "404" ] || fail "unknown hostname answered $code, not 404"
 ok "unknown hostname: 404"

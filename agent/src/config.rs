@@ -140,6 +140,84 @@ pub struct TunnelConfig {
     /// (default `NAME.DOMAIN`); the target gets plain bytes.
     #[serde(default)]
     pub tls: bool,
+    /// http: the relay adds `X-Forwarded-*`, `X-Real-IP` and `Forwarded` (default true).
+    /// Visitor-sent ones are removed either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_headers: Option<bool>,
+    /// http: `preserve` (the public hostname, default), `target` (this tunnel's `target`) or a
+    /// literal `Host` value for the recorder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    /// http: rewrite `Location`, `Content-Location` and `Refresh` URLs pointing at the target
+    /// to the public https URL (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_redirects: Option<bool>,
+    /// http: the target speaks HTTPS; the agent wraps its connection to it in TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tls: Option<bool>,
+    /// http with `target_tls`: verify the target's certificate against the web PKI roots
+    /// (default true). `false` accepts any certificate (a self-signed recorder on the LAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tls_verify: Option<bool>,
+    /// http with `target_tls`: TLS server name sent to and verified for the target (default:
+    /// the host part of `target`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_sni: Option<String>,
+}
+
+impl TunnelConfig {
+    /// A tunnel with every optional key unset.
+    pub fn new(name: &str, kind: Kind, target: &str) -> Self {
+        TunnelConfig {
+            name: name.into(),
+            kind,
+            target: target.into(),
+            remote_port: None,
+            hostname: None,
+            proxy_protocol: None,
+            tls: false,
+            forwarded_headers: None,
+            host_header: None,
+            rewrite_redirects: None,
+            target_tls: None,
+            target_tls_verify: None,
+            target_sni: None,
+        }
+    }
+
+    /// What the relay needs to know about an http tunnel (`None` for tcp/udp).
+    pub fn http_options(&self) -> Option<proto::HttpOptions> {
+        if self.kind != Kind::Http {
+            return None;
+        }
+        let host_header = match self.host_header.as_deref() {
+            None | Some("preserve") => None,
+            Some("target") => Some(self.target.clone()),
+            Some(literal) => Some(literal.to_string()),
+        };
+        Some(proto::HttpOptions {
+            forwarded_headers: self.forwarded_headers.unwrap_or(true),
+            host_header,
+            rewrite_redirects: self.rewrite_redirects.unwrap_or(true),
+            target: self.target.clone(),
+            target_tls: self.target_tls.unwrap_or(false),
+        })
+    }
+
+    /// Keys set on this tunnel that only http tunnels have.
+    fn http_only_keys(&self) -> Vec<&'static str> {
+        [
+            ("forwarded_headers", self.forwarded_headers.is_some()),
+            ("host_header", self.host_header.is_some()),
+            ("rewrite_redirects", self.rewrite_redirects.is_some()),
+            ("target_tls", self.target_tls.is_some()),
+            ("target_tls_verify", self.target_tls_verify.is_some()),
+            ("target_sni", self.target_sni.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
 }
 
 /// Tunnel type in the config file.
@@ -260,6 +338,37 @@ impl AgentConfig {
                     "only tcp tunnels terminate TLS at the relay (http tunnels always do)",
                 );
             }
+            if let (false, Some(k)) = (t.kind == Kind::Http, t.http_only_keys().first()) {
+                return bad(
+                    key(k),
+                    "only http tunnels have this option (a tcp tunnel carries bytes as they are)",
+                );
+            }
+            if t.target_tls != Some(true) {
+                if t.target_tls_verify.is_some() {
+                    return bad(key("target_tls_verify"), "needs target_tls = true");
+                }
+                if t.target_sni.is_some() {
+                    return bad(key("target_sni"), "needs target_tls = true");
+                }
+            }
+            if let Some(h) = &t.host_header {
+                if h.is_empty()
+                    || !h
+                        .chars()
+                        .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | '@' | ',' | '"'))
+                {
+                    return bad(
+                        key("host_header"),
+                        "expected preserve, target, or a host[:port] like 192.168.1.50",
+                    );
+                }
+            }
+            if let Some(sni) = &t.target_sni {
+                if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                    return bad(key("target_sni"), "not a DNS name or IP address");
+                }
+            }
         }
         Ok(())
     }
@@ -306,6 +415,59 @@ mod tests {
         assert_eq!(split_host_port("a.b"), None);
         assert_eq!(split_host_port("a.b:0"), None);
         assert_eq!(split_host_port("::1:80"), None);
+    }
+
+    fn parse(tunnel: &str) -> Result<(), AgentError> {
+        AgentConfig::from_toml(&format!(
+            "relay = \"r.example.com:443\"\ntoken = \"t\"\n[[tunnel]]\n{tunnel}"
+        ))
+        .unwrap()
+        .validate()
+    }
+
+    #[test]
+    fn http_options_only_on_http_tunnels() {
+        let http = "name = \"cam\"\ntype = \"http\"\ntarget = \"192.168.1.50:443\"\n";
+        parse(&format!(
+            "{http}forwarded_headers = false\nhost_header = \"target\"\nrewrite_redirects = false\n\
+             target_tls = true\ntarget_tls_verify = false\ntarget_sni = \"nvr.lan\""
+        ))
+        .unwrap();
+        let tcp = "name = \"ssh\"\ntype = \"tcp\"\ntarget = \"127.0.0.1:22\"\nremote_port = 2222\n";
+        for k in [
+            "forwarded_headers = true",
+            "target_tls = true",
+            "host_header = \"x\"",
+        ] {
+            let e = parse(&format!("{tcp}{k}")).unwrap_err().to_string();
+            assert!(e.contains("only http tunnels"), "{k}: {e}");
+        }
+        let e = parse(&format!("{http}target_tls_verify = false"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs target_tls = true"), "{e}");
+        let e = parse(&format!("{http}host_header = \"a b\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host_header"), "{e}");
+    }
+
+    #[test]
+    fn host_header_choices() {
+        let mut t = TunnelConfig::new("cam", Kind::Http, "192.168.1.50:80");
+        assert_eq!(t.http_options().unwrap().host_header, None);
+        t.host_header = Some("target".into());
+        assert_eq!(
+            t.http_options().unwrap().host_header.as_deref(),
+            Some("192.168.1.50:80")
+        );
+        t.host_header = Some("nvr.lan".into());
+        assert_eq!(
+            t.http_options().unwrap().host_header.as_deref(),
+            Some("nvr.lan")
+        );
+        t.kind = Kind::Tcp;
+        assert_eq!(t.http_options(), None);
     }
 
     #[test]

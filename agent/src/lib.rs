@@ -60,6 +60,8 @@ pub(crate) struct Tunnel {
     pub(crate) spec: TunnelSpec,
     pub(crate) target: SocketAddr,
     pub(crate) proxy_v2: bool,
+    /// TLS toward the target (`target_tls = true`).
+    pub(crate) tls: Option<tls::TargetTls>,
     /// When the current target outage was last logged at warn level.
     pub(crate) target_down: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -101,9 +103,11 @@ impl Agent {
                     remote_port: t.remote_port,
                     hostname: t.hostname.clone(),
                     tls: t.tls,
+                    http: t.http_options(),
                 },
                 target,
                 proxy_v2: t.proxy_protocol.is_some(),
+                tls: tls::target_tls(t)?,
                 target_down: std::sync::Mutex::new(None),
             });
         }

@@ -11,6 +11,7 @@ use proto::{
     control::CONTROL_VERSION,
     proxy,
     transport::{
+        copy_bidirectional_idle,
         quic::{self, QuicConnection},
         read_frame, splice, write_frame, BiStream, Connection, FrameError, TransportError,
     },
@@ -390,10 +391,8 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
     let span =
         tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);
     async {
-        let connected =
-            tokio::time::timeout(connect_timeout, TcpStream::connect(tunnel.target)).await;
-        let (kind, detail) = match connected {
-            Ok(Ok(s)) => {
+        let (kind, detail) = match connect_target(tunnel, &open, connect_timeout).await {
+            Ok(target) => {
                 let was_down = tunnel
                     .target_down
                     .lock()
@@ -406,16 +405,9 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
                         tunnel.spec.name
                     );
                 }
-                return serve_target(tunnel, &open, stream, s).await;
+                return serve_target(target, stream).await;
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                (StreamErrorKind::Refused, e.to_string())
-            }
-            Ok(Err(e)) => (StreamErrorKind::Unreachable, e.to_string()),
-            Err(_) => (
-                StreamErrorKind::Timeout,
-                format!("no answer within {connect_timeout:?}"),
-            ),
+            Err(e) => e,
         };
         // Warn once per outage (and every minute while it lasts), not once per visitor.
         let loud = {
@@ -445,32 +437,81 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
     .await
 }
 
-/// The target is connected: PROXY header if configured, tell the relay, copy bytes.
-async fn serve_target(
+/// A connected target: plain TCP, or TLS over it (`target_tls`).
+enum Target {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connect to the tunnel's pinned target: TCP, the PROXY header if configured, then TLS if
+/// configured, each step within `limit`.
+async fn connect_target(
     tunnel: &Tunnel,
     open: &StreamOpen,
-    mut stream: BiStream,
-    mut sock: TcpStream,
-) {
+    limit: Duration,
+) -> Result<Target, (StreamErrorKind, String)> {
+    let mut sock = match tokio::time::timeout(limit, TcpStream::connect(tunnel.target)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err((StreamErrorKind::Refused, e.to_string()))
+        }
+        Ok(Err(e)) => return Err((StreamErrorKind::Unreachable, e.to_string())),
+        Err(_) => {
+            return Err((
+                StreamErrorKind::Timeout,
+                format!("no answer within {limit:?}"),
+            ))
+        }
+    };
     if tunnel.proxy_v2 {
         let header = proxy::v2_header(open.visitor, open.server, proxy::Transport::Stream);
-        if let Err(e) = sock.write_all(&header).await {
-            tracing::debug!("writing PROXY header: {e}");
-            return;
-        }
+        sock.write_all(&header).await.map_err(|e| {
+            (
+                StreamErrorKind::Unreachable,
+                format!("writing PROXY header: {e}"),
+            )
+        })?;
     }
+    let Some(tls) = &tunnel.tls else {
+        return Ok(Target::Plain(sock));
+    };
+    let _ = sock.set_nodelay(true);
+    match tokio::time::timeout(limit, tls.connector.connect(tls.name.clone(), sock)).await {
+        Ok(Ok(s)) => Ok(Target::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            let hint = if tls.verify && e.to_string().contains("certificate") {
+                "; a recorder with a self-signed certificate needs target_tls_verify = false"
+            } else {
+                ""
+            };
+            Err((
+                StreamErrorKind::Unreachable,
+                format!("TLS handshake failed: {e}{hint}"),
+            ))
+        }
+        Err(_) => Err((
+            StreamErrorKind::Timeout,
+            format!("no TLS handshake within {limit:?}"),
+        )),
+    }
+}
+
+/// The target is connected: tell the relay, copy bytes.
+async fn serve_target(target: Target, mut stream: BiStream) {
     if write_frame(&mut stream.send, &StreamReply::Connected)
         .await
         .is_err()
     {
         return;
     }
-    match splice(sock, stream).await {
-        Ok(s) => tracing::debug!(
-            up = s.stream_to_tcp,
-            down = s.tcp_to_stream,
-            "connection done"
-        ),
+    let copied = match target {
+        Target::Plain(sock) => splice(sock, stream, None)
+            .await
+            .map(|s| (s.stream_to_tcp, s.tcp_to_stream)),
+        Target::Tls(mut tls) => copy_bidirectional_idle(&mut stream, &mut *tls, None).await,
+    };
+    match copied {
+        Ok((up, down)) => tracing::debug!(up, down, "connection done"),
         Err(e) => tracing::debug!("connection aborted: {e}"),
     }
 }

@@ -1,5 +1,6 @@
 //! How the agent verifies the relay before it sends its token: a pinned certificate
-//! fingerprint, a CA file, or the public web PKI roots.
+//! fingerprint, a CA file, or the public web PKI roots. Also the TLS the agent speaks to an
+//! HTTPS target (`target_tls`).
 
 use std::sync::{Arc, Mutex};
 
@@ -10,14 +11,120 @@ use rustls::{
     DigitallySignedStruct, SignatureScheme,
 };
 
-use crate::{config::parse_fingerprint, AgentConfig, AgentError};
+use crate::{
+    config::{parse_fingerprint, split_host_port, TunnelConfig},
+    AgentConfig, AgentError,
+};
+
+/// Accepts any certificate but checks that the handshake is signed by the key in it, so the
+/// session is at least bound to that certificate. For `target_tls_verify = false` (a recorder
+/// with a self-signed certificate on the LAN), and the signature half of [`PinnedVerifier`].
+#[derive(Debug)]
+pub(crate) struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS toward one tunnel's target.
+pub(crate) struct TargetTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) name: ServerName<'static>,
+    pub(crate) verify: bool,
+}
+
+impl std::fmt::Debug for TargetTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetTls")
+            .field("name", &self.name)
+            .field("verify", &self.verify)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The TLS client for a tunnel with `target_tls = true` (TLS 1.2 and 1.3: recorders are old).
+pub(crate) fn target_tls(t: &TunnelConfig) -> Result<Option<TargetTls>, AgentError> {
+    if t.target_tls != Some(true) {
+        return Ok(None);
+    }
+    let bad = |e: String| AgentError::Config(format!("tunnel `{}`: {e}", t.name));
+    let host = match &t.target_sni {
+        Some(sni) => sni.clone(),
+        None => split_host_port(&t.target)
+            .map(|(h, _)| h)
+            .ok_or_else(|| bad("target: expected HOST:PORT".into()))?,
+    };
+    let name = ServerName::try_from(host).map_err(|e| bad(format!("target_sni: {e}")))?;
+    let provider = proto::transport::quic::provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Tls(e.to_string()))?;
+    let verify = t.target_tls_verify != Some(false);
+    let mut cfg = if verify {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TargetTls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+        name,
+        verify,
+    }))
+}
 
 /// Accepts exactly one certificate, by SHA-256 of its DER bytes, and checks the handshake
 /// signature with it. Remembers a mismatch so the agent can report it in plain words.
 #[derive(Debug)]
 pub(crate) struct PinnedVerifier {
     want: [u8; 32],
-    provider: Arc<CryptoProvider>,
+    signatures: AnyCertificate,
     pub(crate) mismatch: Mutex<Option<String>>,
 }
 
@@ -54,12 +161,7 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -68,18 +170,11 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
@@ -96,7 +191,7 @@ pub(crate) fn client_tls(
             .ok_or_else(|| AgentError::Config("fingerprint: not a sha256 fingerprint".into()))?;
         let v = Arc::new(PinnedVerifier {
             want,
-            provider,
+            signatures: AnyCertificate(provider),
             mismatch: Mutex::new(None),
         });
         let tls = builder

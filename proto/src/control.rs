@@ -79,6 +79,41 @@ pub struct TunnelSpec {
     /// tcp: the relay terminates TLS on the public port with the certificate of `hostname`
     /// (default `NAME.DOMAIN`) and carries plain bytes to the target.
     pub tls: bool,
+    /// How the relay treats requests and responses of an http tunnel (`None` for tcp/udp).
+    /// Added before 1.0: `TunnelSpec` sits inside `Hello`'s list, so a relay and an agent from
+    /// either side of this field cannot decode each other's `Hello`; upgrade both.
+    pub http: Option<HttpOptions>,
+}
+
+/// Per-tunnel HTTP behaviour the relay applies at the edge. The agent still connects only to
+/// its own pinned target; `target` here is informational (Host and redirect rewriting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpOptions {
+    /// Add `X-Forwarded-*`, `X-Real-IP` and `Forwarded`. Visitor-sent ones are stripped
+    /// either way.
+    pub forwarded_headers: bool,
+    /// `Host` sent to the target; `None` keeps the visitor's.
+    pub host_header: Option<String>,
+    /// Rewrite `Location`, `Content-Location` and `Refresh` URLs that point at the target (or
+    /// at `http://` + the public hostname) to the public `https://` URL.
+    pub rewrite_redirects: bool,
+    /// The target as configured on the agent, `host:port`.
+    pub target: String,
+    /// The target speaks TLS (its URLs are `https://`).
+    pub target_tls: bool,
+}
+
+impl HttpOptions {
+    /// Defaults for a plain-HTTP target at `target`.
+    pub fn new(target: impl Into<String>) -> Self {
+        HttpOptions {
+            forwarded_headers: true,
+            host_header: None,
+            rewrite_redirects: true,
+            target: target.into(),
+            target_tls: false,
+        }
+    }
 }
 
 /// Relay's acceptance.

@@ -38,7 +38,8 @@ pub mod stream;
 pub mod transport;
 
 pub use control::{
-    Assigned, Control, GoAway, Hello, Reject, RejectReason, TunnelKind, TunnelSpec, Welcome,
+    Assigned, Control, GoAway, Hello, HttpOptions, Reject, RejectReason, TunnelKind, TunnelSpec,
+    Welcome,
 };
 pub use error::{DecodeError, Fault};
 pub use frame::{decode, encode, MAX_FRAME_LEN, PROTOCOL_VERSION};

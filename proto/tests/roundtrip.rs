@@ -4,8 +4,9 @@
 
 use bytes::BytesMut;
 use periscope_proto::{
-    decode, encode, Assigned, Control, GoAway, Hello, Reject, RejectReason, Secret, StreamError,
-    StreamErrorKind, StreamKind, StreamOpen, StreamReply, TunnelKind, TunnelSpec, Welcome,
+    decode, encode, Assigned, Control, GoAway, Hello, HttpOptions, Reject, RejectReason, Secret,
+    StreamError, StreamErrorKind, StreamKind, StreamOpen, StreamReply, TunnelKind, TunnelSpec,
+    Welcome,
 };
 use proptest::prelude::*;
 use std::net::SocketAddr;
@@ -26,15 +27,38 @@ fn spec() -> impl Strategy<Value = TunnelSpec> {
         any::<Option<u16>>(),
         proptest::option::of("[a-z.]{0,30}"),
         any::<bool>(),
+        proptest::option::of(http_options()),
     )
-        .prop_map(|(id, name, kind, remote_port, hostname, tls)| TunnelSpec {
-            id,
-            name,
-            kind,
-            remote_port,
-            hostname,
-            tls,
-        })
+        .prop_map(
+            |(id, name, kind, remote_port, hostname, tls, http)| TunnelSpec {
+                id,
+                name,
+                kind,
+                remote_port,
+                hostname,
+                tls,
+                http,
+            },
+        )
+}
+
+fn http_options() -> impl Strategy<Value = HttpOptions> {
+    (
+        any::<bool>(),
+        proptest::option::of(".{0,30}"),
+        any::<bool>(),
+        ".{0,30}",
+        any::<bool>(),
+    )
+        .prop_map(
+            |(forwarded_headers, host_header, rewrite_redirects, target, target_tls)| HttpOptions {
+                forwarded_headers,
+                host_header,
+                rewrite_redirects,
+                target,
+                target_tls,
+            },
+        )
 }
 
 fn reason() -> impl Strategy<Value = RejectReason> {

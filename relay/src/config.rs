@@ -196,9 +196,17 @@ pub struct LimitsConfig {
     /// ones are refused, so a handshake flood cannot exhaust the relay.
     #[serde(default = "default_pending_handshakes")]
     pub pending_handshakes: usize,
-    /// Time the agent has to connect to its target and answer a new stream.
-    #[serde(default = "default_stream_open_timeout", with = "humantime_serde")]
-    pub stream_open_timeout: Duration,
+    /// Time the agent has to connect to its target and answer a new stream; past it a visitor
+    /// gets 504 (a tcp visitor is disconnected). The response itself may take longer.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Upgraded (WebSocket) and tcp tunnel connections are closed after this long with no
+    /// byte moving in either direction; never while traffic flows.
+    #[serde(default = "default_idle_timeout_limit", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest visitor request head (request line and headers) in bytes; larger is 431.
+    #[serde(default = "default_max_request_head")]
+    pub max_request_head: usize,
     /// Open visitor connections per tunnel; more are refused.
     #[serde(default = "default_connections_per_tunnel")]
     pub connections_per_tunnel: usize,
@@ -213,8 +221,14 @@ fn default_handshake_timeout() -> Duration {
 fn default_pending_handshakes() -> usize {
     256
 }
-fn default_stream_open_timeout() -> Duration {
-    Duration::from_secs(15)
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout_limit() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_max_request_head() -> usize {
+    64 * 1024
 }
 fn default_connections_per_tunnel() -> usize {
     4096
@@ -228,7 +242,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             handshake_timeout: default_handshake_timeout(),
             pending_handshakes: default_pending_handshakes(),
-            stream_open_timeout: default_stream_open_timeout(),
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout_limit(),
+            max_request_head: default_max_request_head(),
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
         }
@@ -352,6 +368,15 @@ impl RelayConfig {
         }
         if self.limits.pending_handshakes == 0 {
             return bad("limits.pending_handshakes", "must be at least 1");
+        }
+        if self.limits.max_request_head < 8192 {
+            return bad("limits.max_request_head", "must be at least 8192");
+        }
+        if self.limits.idle_timeout.is_zero() || self.limits.connect_timeout.is_zero() {
+            return bad(
+                "limits.idle_timeout",
+                "limits.idle_timeout and limits.connect_timeout must be above zero",
+            );
         }
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");

@@ -253,6 +253,11 @@ fn claim_routes(
                 session: id,
                 conn: conn.clone(),
                 tunnel: t.id,
+                opts: Arc::new(
+                    t.http
+                        .clone()
+                        .unwrap_or_else(|| proto::HttpOptions::new("")),
+                ),
             },
         );
         let port = match shared.https_port {

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use proto::{
-    transport::{read_frame, splice, write_frame, Connection},
+    transport::{copy_bidirectional_idle, read_frame, splice, write_frame, Connection},
     StreamKind, StreamOpen, StreamReply,
 };
 use tokio::{net::TcpStream, sync::Semaphore};
@@ -79,7 +79,7 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     } else {
         Visitor::Plain(sock)
     };
-    let open_timeout = shared.config.limits.stream_open_timeout;
+    let open_timeout = shared.config.limits.connect_timeout;
     let opened = tokio::time::timeout(open_timeout, async {
         let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
         let open = StreamOpen {
@@ -112,13 +112,14 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
     };
+    let idle = Some(shared.config.limits.idle_timeout);
     let copied = match sock {
-        Visitor::Plain(sock) => splice(sock, stream)
+        Visitor::Plain(sock) => splice(sock, stream, idle)
             .await
             .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
         Visitor::Tls(mut tls) => {
             let mut stream = stream;
-            tokio::io::copy_bidirectional(&mut *tls, &mut stream).await
+            copy_bidirectional_idle(&mut *tls, &mut stream, idle).await
         }
     };
     match copied {

@@ -26,13 +26,8 @@ pub fn parse_tunnel(kind: Kind, spec: &str) -> anyhow::Result<TunnelConfig> {
         }
     };
     Ok(TunnelConfig {
-        name: name.to_string(),
-        kind,
-        target,
         remote_port,
-        hostname: None,
-        proxy_protocol: None,
-        tls: false,
+        ..TunnelConfig::new(name, kind, &target)
     })
 }
 

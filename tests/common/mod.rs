@@ -3,6 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nvr;
+pub use nvr::Nvr;
+
 use std::{
     future::Future,
     net::SocketAddr,
@@ -40,6 +43,47 @@ pub fn trace() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_test_writer()
         .try_init();
+}
+
+/// Log lines captured by [`capture_logs`].
+pub struct LogCapture {
+    buf: Arc<std::sync::Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+impl LogCapture {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+/// Capture what is logged on this thread (info and up) until the capture is dropped. In a
+/// `#[tokio::test]` that is the test itself and the agents it started (they run on the test's
+/// runtime), not the relay (its own runtime).
+pub fn capture_logs() -> LogCapture {
+    #[derive(Clone)]
+    struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(buf.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    LogCapture {
+        buf,
+        _guard: tracing::subscriber::set_default(subscriber),
+    }
 }
 
 /// A relay running on its own single-threaded runtime.
@@ -174,20 +218,23 @@ impl TestRelay {
         self.config.data_dir.clone()
     }
 
-    /// Graceful stop: GoAway, drain, close.
+    /// Graceful stop: GoAway, drain, close. Returns once the runtime is gone, so the relay's
+    /// sockets are closed and a restart can bind the same ports.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(done) = self.done.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), done).await;
         }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
+        self.kill_runtime().await;
     }
 
     /// Like `kill -9`: every task and socket of the relay vanishes without a word. Returns
     /// once the runtime is gone, so its sockets are closed and the ports free again.
     pub async fn kill(mut self) {
+        self.kill_runtime().await;
+    }
+
+    async fn kill_runtime(&mut self) {
         if let Some(rt) = self.rt.take() {
             tokio::task::spawn_blocking(move || rt.shutdown_timeout(Duration::from_secs(5)))
                 .await
@@ -229,27 +276,26 @@ impl AgentBuilder {
 
     pub fn tcp(mut self, name: &str, target: SocketAddr, remote_port: u16) -> Self {
         self.config.tunnels.push(TunnelConfig {
-            name: name.into(),
-            kind: agent::config::Kind::Tcp,
-            target: target.to_string(),
             remote_port: Some(remote_port),
-            hostname: None,
-            proxy_protocol: None,
-            tls: false,
+            ..TunnelConfig::new(name, agent::config::Kind::Tcp, &target.to_string())
         });
         self
     }
 
     pub fn http(mut self, name: &str, target: SocketAddr) -> Self {
-        self.config.tunnels.push(TunnelConfig {
-            name: name.into(),
-            kind: agent::config::Kind::Http,
-            target: target.to_string(),
-            remote_port: None,
-            hostname: None,
-            proxy_protocol: None,
-            tls: false,
-        });
+        self.config.tunnels.push(TunnelConfig::new(
+            name,
+            agent::config::Kind::Http,
+            &target.to_string(),
+        ));
+        self
+    }
+
+    /// Adjust the last tunnel added.
+    pub fn tunnel(mut self, f: impl FnOnce(&mut TunnelConfig)) -> Self {
+        if let Some(t) = self.config.tunnels.last_mut() {
+            f(t);
+        }
         self
     }
 
@@ -536,47 +582,4 @@ pub async fn tls_connect_to(
         .await
         .unwrap();
     stream
-}
-
-/// A fake recorder web server (HTTP/1.1): `/headers` answers with the request headers it saw,
-/// one per line; `/stream` sends "frame-1" at once and "frame-2" only after `release` fires.
-pub async fn http_target(release: Arc<tokio::sync::Notify>) -> SocketAddr {
-    use http_body_util::BodyExt;
-    tcp_server(move |s| {
-        let release = release.clone();
-        async move {
-            let svc =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let release = release.clone();
-                    async move {
-                        let body = match req.uri().path() {
-                            "/stream" => {
-                                let (mut tx, body) = http_body_util::channel::Channel::<
-                                    bytes::Bytes,
-                                    std::convert::Infallible,
-                                >::new(4);
-                                tokio::spawn(async move {
-                                    let _ = tx.send_data("frame-1\n".into()).await;
-                                    release.notified().await;
-                                    let _ = tx.send_data("frame-2\n".into()).await;
-                                });
-                                body.boxed()
-                            }
-                            _ => {
-                                let mut text = String::new();
-                                for (k, v) in req.headers() {
-                                    text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
-                                }
-                                http_body_util::Full::new(bytes::Bytes::from(text)).boxed()
-                            }
-                        };
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                .await;
-        }
-    })
-    .await
 }

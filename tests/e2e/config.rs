@@ -91,6 +91,9 @@ fn every_config_key_is_documented() {
     agent.token = Some(proto::Secret::new("t"));
     agent.tunnels[0].hostname = Some("h".into());
     agent.tunnels[0].proxy_protocol = Some(agent::config::ProxyProtocol::V2);
+    agent.tunnels[0].target_tls = Some(true);
+    agent.tunnels[0].target_tls_verify = Some(false);
+    agent.tunnels[0].target_sni = Some("nvr.lan".into());
     let mut all = Vec::new();
     keys("", &toml::Value::try_from(&relay).unwrap(), &mut all);
     keys("", &toml::Value::try_from(&agent).unwrap(), &mut all);

@@ -1,30 +1,45 @@
-//! The HTTPS edge: HTTP/1.1 and HTTP/2 through the tunnel, routing rules, streaming.
+//! The HTTPS edge: HTTP/1.1 and HTTP/2 through the tunnel to the fake recorder, routing rules,
+//! per-tunnel HTTP options, timeouts, limits, streaming and backpressure.
 
-use std::{sync::Arc, time::Duration};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::*;
+use crate::common::{nvr, *};
 
-/// A relay whose `cam.relay.localhost` is public.
-async fn public_relay() -> TestRelay {
+const HOST: &str = "cam.relay.localhost";
+
+/// A relay whose `cam.relay.localhost` is public, adjusted by `f`.
+async fn public_relay_with(f: impl FnOnce(&mut relay::RelayConfig)) -> TestRelay {
     TestRelay::start_configured(|c| {
         c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
+            host: HOST.into(),
             public: true,
-        })
+        });
+        f(c)
     })
     .await
 }
 
-async fn cam() -> (TestRelay, TestAgent, Arc<tokio::sync::Notify>) {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let target = http_target(release.clone()).await;
-    let relay = public_relay().await;
+async fn public_relay() -> TestRelay {
+    public_relay_with(|_| {}).await
+}
+
+/// A public relay (adjusted by `relay_cfg`) and a connected agent publishing `target` as
+/// `cam` (tunnel adjusted by `tunnel_cfg`).
+async fn publish(
+    target: std::net::SocketAddr,
+    relay_cfg: impl FnOnce(&mut relay::RelayConfig),
+    tunnel_cfg: impl FnOnce(&mut agent::config::TunnelConfig),
+) -> (TestRelay, TestAgent) {
+    let relay = public_relay_with(relay_cfg).await;
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
         .http("cam", target)
+        .tunnel(tunnel_cfg)
         .start()
         .await;
     let s = agent.connected().await;
@@ -33,18 +48,45 @@ async fn cam() -> (TestRelay, TestAgent, Arc<tokio::sync::Notify>) {
     };
     assert_eq!(
         public[0].1,
-        format!("https://cam.relay.localhost:{}", relay.https.port())
+        format!("https://{HOST}:{}", relay.https.port())
     );
-    (relay, agent, release)
+    (relay, agent)
+}
+
+/// The fake recorder published with default options.
+async fn cam() -> (TestRelay, TestAgent, Nvr) {
+    let nvr = Nvr::start().await;
+    let (relay, agent) = publish(nvr.addr, |_| {}, |_| {}).await;
+    (relay, agent, nvr)
+}
+
+/// A request for `path` on `host`: origin-form with a Host header for HTTP/1.1, absolute
+/// (`:authority`) for HTTP/2, with a forged `X-Forwarded-For`.
+fn request(host: &str, h2: bool, method: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    let b = Request::builder().method(method);
+    let b = if h2 {
+        b.uri(format!("https://{host}{path}"))
+    } else {
+        b.uri(path).header("host", host)
+    };
+    b.header("x-forwarded-for", "10.9.9.9")
+        .header("x-real-ip", "10.9.9.9")
+        .body(Full::new(body))
+        .unwrap()
 }
 
 fn get(host: &str, path: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(path)
-        .header("host", host)
-        .header("x-forwarded-for", "10.9.9.9")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
+    request(host, false, "GET", path, Bytes::new())
+}
+
+async fn send(relay: &TestRelay, h2: bool, path: &str) -> http::Response<hyper::body::Incoming> {
+    https_request(
+        relay,
+        HOST,
+        h2,
+        request(HOST, h2, "GET", path, Bytes::new()),
+    )
+    .await
 }
 
 async fn text(resp: http::Response<hyper::body::Incoming>) -> String {
@@ -59,40 +101,167 @@ async fn text(resp: http::Response<hyper::body::Incoming>) -> String {
     .unwrap()
 }
 
+/// What the recorder saw of a request (`/api/request`).
+async fn seen(relay: &TestRelay, h2: bool) -> serde_json::Value {
+    let resp = send(relay, h2, "/api/request").await;
+    assert_eq!(resp.status(), StatusCode::OK, "h2={h2}");
+    serde_json::from_str(&text(resp).await).unwrap()
+}
+
+fn header<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    seen["headers"].get(name)
+}
+
 #[tokio::test]
 async fn get_over_http1_and_http2_with_forwarded_headers() {
-    let (relay, agent, _) = cam().await;
+    let (relay, agent, _nvr) = cam().await;
     for h2 in [false, true] {
-        let req = if h2 {
-            Request::builder()
-                .uri("https://cam.relay.localhost/headers")
-                .header("x-forwarded-for", "10.9.9.9")
-                .body(Full::new(Bytes::new()))
-                .unwrap()
-        } else {
-            get("cam.relay.localhost", "/headers")
-        };
-        let resp = https_request(&relay, "cam.relay.localhost", h2, req).await;
-        assert_eq!(resp.status(), StatusCode::OK, "h2={h2}");
-        let body = text(resp).await;
-        assert!(
-            body.contains("x-forwarded-for: 127.0.0.1\n"),
-            "h2={h2}: {body}"
+        let s = seen(&relay, h2).await;
+        let one = |v: &str| serde_json::json!([v]);
+        assert_eq!(
+            header(&s, "x-forwarded-for"),
+            Some(&one("127.0.0.1")),
+            "{s}"
         );
-        assert!(
-            !body.contains("10.9.9.9"),
-            "visitor's own X-Forwarded-For must not pass: {body}"
+        assert_eq!(header(&s, "x-real-ip"), Some(&one("127.0.0.1")), "{s}");
+        assert_eq!(header(&s, "x-forwarded-proto"), Some(&one("https")), "{s}");
+        assert_eq!(header(&s, "x-forwarded-host"), Some(&one(HOST)), "{s}");
+        assert_eq!(
+            header(&s, "forwarded"),
+            Some(&one(&format!("for=127.0.0.1;proto=https;host={HOST}")))
         );
-        assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
-        assert!(body.contains("host: cam.relay.localhost\n"), "{body}");
+        assert_eq!(s["host"], HOST, "{s}");
+        assert!(
+            !s.to_string().contains("10.9.9.9"),
+            "visitor's own forwarding headers must not pass: {s}"
+        );
     }
     agent.stop().await;
     relay.stop().await;
 }
 
 #[tokio::test]
+async fn forwarded_headers_off_strips_the_visitors_and_adds_none() {
+    let nvr = Nvr::start().await;
+    let (relay, agent) = publish(nvr.addr, |_| {}, |t| t.forwarded_headers = Some(false)).await;
+    for h2 in [false, true] {
+        let s = seen(&relay, h2).await;
+        for h in [
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert_eq!(header(&s, h), None, "{h}: {s}");
+        }
+        assert_eq!(s["host"], HOST);
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn host_header_target_or_literal() {
+    let nvr = Nvr::start().await;
+    for (choice, want) in [
+        ("target", nvr.addr.to_string()),
+        ("nvr.lan:8080", "nvr.lan:8080".to_string()),
+    ] {
+        let (relay, agent) =
+            publish(nvr.addr, |_| {}, |t| t.host_header = Some(choice.into())).await;
+        for h2 in [false, true] {
+            let s = seen(&relay, h2).await;
+            assert_eq!(s["host"], want.as_str(), "{choice} h2={h2}: {s}");
+            // The public name still reaches the recorder in X-Forwarded-Host.
+            assert_eq!(
+                header(&s, "x-forwarded-host"),
+                Some(&serde_json::json!([HOST]))
+            );
+        }
+        agent.stop().await;
+        relay.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redirects_to_the_recorder_point_at_the_public_url() {
+    let (relay, agent, nvr) = cam().await;
+    let public = format!("https://{HOST}:{}/doc/page.html", relay.https.port());
+    for h2 in [false, true] {
+        // To the target's own address: Location, Content-Location and Refresh.
+        let r = send(&relay, h2, "/self").await;
+        assert_eq!(r.status(), StatusCode::FOUND);
+        assert_eq!(r.headers()["location"], public.as_str(), "h2={h2}");
+        assert_eq!(r.headers()["content-location"], public.as_str());
+        assert_eq!(r.headers()["refresh"], format!("0; url={public}").as_str());
+        // Built from the Host header it was given: http://PUBLIC/… becomes https.
+        let r = send(&relay, h2, "/host").await;
+        assert_eq!(r.headers()["location"], public.as_str(), "h2={h2}");
+        // Another LAN address is not ours to rewrite.
+        let r = send(&relay, h2, "/").await;
+        assert_eq!(r.headers()["location"], "http://192.168.1.50/doc/page.html");
+    }
+    agent.stop().await;
+    relay.stop().await;
+
+    let (relay, agent) = publish(nvr.addr, |_| {}, |t| t.rewrite_redirects = Some(false)).await;
+    let r = send(&relay, false, "/self").await;
+    assert_eq!(
+        r.headers()["location"],
+        format!("http://{}/doc/page.html", nvr.addr).as_str()
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn https_recorder_with_a_self_signed_certificate() {
+    let nvr = Nvr::start_tls().await;
+    // Not verified: works, over TLS, with the configured SNI.
+    let (relay, agent) = publish(
+        nvr.addr,
+        |_| {},
+        |t| {
+            t.target_tls = Some(true);
+            t.target_tls_verify = Some(false);
+            t.target_sni = Some("nvr.lan".into());
+        },
+    )
+    .await;
+    for h2 in [false, true] {
+        let s = seen(&relay, h2).await;
+        assert_eq!(s["host"], HOST, "{s}");
+        let r = send(&relay, h2, "/self").await;
+        assert_eq!(
+            r.headers()["location"],
+            format!("https://{HOST}:{}/doc/page.html", relay.https.port()).as_str(),
+        );
+    }
+    agent.stop().await;
+    relay.stop().await;
+    // Verified against the web PKI: the self-signed certificate fails, the visitor gets a 502
+    // quickly and the agent logs why (with the target_tls_verify hint).
+    let logs = capture_logs();
+    let (relay, agent) = publish(nvr.addr, |_| {}, |t| t.target_tls = Some(true)).await;
+    let t0 = Instant::now();
+    let r = send(&relay, false, "/api/request").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let log = logs.text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("TLS handshake failed: invalid peer certificate")
+            && log.contains("needs target_tls_verify = false"),
+        "agent log: {log}"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_host_is_404_and_sni_mismatch_is_421() {
-    let (relay, agent, _) = cam().await;
+    let (relay, agent, _nvr) = cam().await;
     let r = https_request(
         &relay,
         "nothing.relay.localhost",
@@ -102,13 +271,7 @@ async fn unknown_host_is_404_and_sni_mismatch_is_421() {
     .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // TLS for cam.relay.localhost, request for another host on the same connection.
-    let r = https_request(
-        &relay,
-        "cam.relay.localhost",
-        false,
-        get("other.relay.localhost", "/"),
-    )
-    .await;
+    let r = https_request(&relay, HOST, false, get("other.relay.localhost", "/")).await;
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
     agent.stop().await;
     relay.stop().await;
@@ -116,39 +279,98 @@ async fn unknown_host_is_404_and_sni_mismatch_is_421() {
 
 #[tokio::test]
 async fn dead_target_is_a_fast_502() {
-    let relay = public_relay().await;
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", dead)
-        .start()
-        .await;
-    agent.connected().await;
-    let t0 = std::time::Instant::now();
-    let r = https_request(
-        &relay,
-        "cam.relay.localhost",
-        true,
-        get("cam.relay.localhost", "/"),
-    )
-    .await;
+    let (relay, agent) = publish(dead, |_| {}, |_| {}).await;
+    let t0 = Instant::now();
+    let r = send(&relay, true, "/").await;
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     assert!(t0.elapsed() < Duration::from_secs(2));
     agent.stop().await;
     relay.stop().await;
 }
 
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+/// neither succeeds nor fails (like a recorder that hangs). Keep the returned value alive.
+async fn never_accepting() -> (
+    std::net::SocketAddr,
+    Vec<tokio::net::TcpStream>,
+    tokio::net::TcpListener,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = sock.listen(1).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    (addr, fillers, l)
+}
+
+#[tokio::test]
+async fn target_that_never_accepts_is_a_fast_504() {
+    let (addr, _fillers, _l) = never_accepting().await;
+    // The relay's deadline (limits.connect_timeout) fires first…
+    let (relay, agent) = publish(
+        addr,
+        |c| c.limits.connect_timeout = Duration::from_secs(1),
+        |_| {},
+    )
+    .await;
+    let t0 = Instant::now();
+    let r = send(&relay, false, "/").await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(text(r).await.contains("did not answer within 1s"));
+    agent.stop().await;
+    relay.stop().await;
+    // …or the agent's own connect_timeout, reported as a Timeout.
+    let relay = public_relay().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", addr)
+        .configure(|c| c.connect_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    agent.connected().await;
+    let t0 = Instant::now();
+    let r = send(&relay, true, "/").await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(text(r).await.contains("did not answer in time"));
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_not_a_timeout() {
+    let nvr = Nvr::start().await;
+    let (relay, agent) = publish(
+        nvr.addr,
+        |c| c.limits.connect_timeout = Duration::from_secs(1),
+        |_| {},
+    )
+    .await;
+    for h2 in [false, true] {
+        let r = send(&relay, h2, "/slow?ms=2000").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(text(r).await, "slow answer");
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn streamed_response_is_not_buffered() {
-    let (relay, agent, release) = cam().await;
+    let (relay, agent, nvr) = cam().await;
     for h2 in [false, true] {
-        let resp = https_request(
-            &relay,
-            "cam.relay.localhost",
-            h2,
-            get("cam.relay.localhost", "/stream"),
-        )
-        .await;
-        let mut body = resp.into_body();
+        let mut body = send(&relay, h2, "/stream").await.into_body();
         // The first frame must arrive while the target still holds the second.
         let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
             .await
@@ -156,7 +378,7 @@ async fn streamed_response_is_not_buffered() {
             .unwrap()
             .unwrap();
         assert_eq!(first.into_data().unwrap(), "frame-1\n");
-        release.notify_one();
+        nvr.release();
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, "frame-2\n");
     }
@@ -165,84 +387,281 @@ async fn streamed_response_is_not_buffered() {
 }
 
 #[tokio::test]
-async fn private_by_default() {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let target = http_target(release).await;
-    let relay = TestRelay::start().await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", target)
-        .start()
-        .await;
-    agent.connected().await;
-    let r = https_request(
-        &relay,
-        "cam.relay.localhost",
-        false,
-        get("cam.relay.localhost", "/headers"),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert!(
-        !text(r).await.contains("x-forwarded-for"),
-        "nothing reached the recorder"
-    );
-    agent.stop().await;
-    relay.stop().await;
-}
-
-#[tokio::test]
-async fn websocket_through_the_edge() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let target = tcp_server(|s| async move {
-        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-            return;
-        };
-        while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() && ws.send(msg).await.is_err() {
-                return;
-            }
+async fn mjpeg_streams_and_a_stalled_viewer_holds_the_recorder_back() {
+    let (relay, agent, nvr) = cam().await;
+    for h2 in [false, true] {
+        // 2000 frames of 32 KiB per second: 64 MiB/s if nothing pushed back.
+        let r = send(&relay, h2, "/mjpeg?fps=2000&size=32768").await;
+        assert_eq!(
+            r.headers()["content-type"],
+            format!("multipart/x-mixed-replace; boundary={}", nvr::BOUNDARY).as_str()
+        );
+        let mut body = r.into_body();
+        let mut got = Vec::new();
+        while got.len() < 256 * 1024 {
+            let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("frames keep coming")
+                .unwrap()
+                .unwrap();
+            got.extend_from_slice(&f.into_data().unwrap());
         }
-    })
-    .await;
-    let relay = public_relay().await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", target)
-        .start()
-        .await;
-    agent.connected().await;
-    let tls = tls_connect(&relay, "cam.relay.localhost", b"http/1.1").await;
-    let (mut ws, resp) = tokio_tungstenite::client_async("wss://cam.relay.localhost/live", tls)
-        .await
-        .expect("websocket handshake through the relay");
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    for i in 0..3 {
-        ws.send(Message::text(format!("frame {i}"))).await.unwrap();
-        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, Message::text(format!("frame {i}")));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(got.starts_with(format!("--{}\r\n", nvr::BOUNDARY).as_bytes()));
+        // Stop reading: the recorder's writes must block once the buffers on the way fill.
+        let before = nvr.mjpeg_sent();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let stalled = nvr.mjpeg_sent();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later = nvr.mjpeg_sent();
+        assert!(
+            later - before < 32 << 20,
+            "h2={h2}: the recorder wrote {} MiB to a viewer that stopped reading",
+            (later - before) >> 20
+        );
+        assert!(
+            later - stalled < 1 << 20,
+            "h2={h2}: still writing ({} KiB in the last second)",
+            (later - stalled) >> 10
+        );
+        drop(body);
     }
     agent.stop().await;
     relay.stop().await;
 }
 
 #[tokio::test]
+async fn sloppy_recorder_responses_pass_through() {
+    let (relay, agent, _nvr) = cam().await;
+    for h2 in [false, true] {
+        let r = send(&relay, h2, "/sloppy/casing").await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        assert_eq!(r.headers()["content-type"], "text/plain");
+        assert_eq!(r.headers()["x-camera-name"], "Front Door");
+        assert_eq!(text(r).await, "casing body");
+
+        let r = send(&relay, h2, "/sloppy/duplicate").await;
+        let cookies: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"], "h2={h2}");
+        let dups: Vec<_> = r.headers().get_all("x-dup").iter().collect();
+        assert_eq!(dups, ["one", "two"]);
+        assert_eq!(text(r).await, "dup body!");
+
+        let r = send(&relay, h2, "/sloppy/lf").await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        assert_eq!(r.headers()["x-line-ends"], "lf");
+        assert_eq!(text(r).await, "lf body");
+
+        let r = send(&relay, h2, "/sloppy/close").await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        assert_eq!(text(r).await, "body until the recorder closes");
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn large_upload_and_download_with_checksums() {
+    const N: usize = 32 << 20;
+    let (relay, agent, _nvr) = cam().await;
+    let data = Bytes::from(nvr::pattern(N));
+    let sum = nvr::sha256_hex(&data);
+    for h2 in [false, true] {
+        let r = https_request(
+            &relay,
+            HOST,
+            h2,
+            request(HOST, h2, "POST", "/upload", data.clone()),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        assert_eq!(text(r).await, format!("{N} {sum}"), "h2={h2}");
+
+        let r = send(&relay, h2, &format!("/download?bytes={N}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        assert_eq!(r.headers()["x-sha256"], sum.as_str());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), N, "h2={h2}");
+        assert_eq!(nvr::sha256_hex(&body), sum, "h2={h2}");
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let (relay, agent, _nvr) = cam().await;
+    let with_headers = |h2: bool, kib: usize| {
+        let mut r = request(HOST, h2, "GET", "/api/request", Bytes::new());
+        for i in 0..kib / 4 {
+            r.headers_mut().insert(
+                http::HeaderName::from_bytes(format!("x-big-{i}").as_bytes()).unwrap(),
+                http::HeaderValue::from_str(&"v".repeat(4096)).unwrap(),
+            );
+        }
+        r
+    };
+    for h2 in [false, true] {
+        // Under the 64 KiB default: passes.
+        let r = https_request(&relay, HOST, h2, with_headers(h2, 48)).await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        // Over it: 431 with a page saying why.
+        let r = https_request(&relay, HOST, h2, with_headers(h2, 72)).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "h2={h2}"
+        );
+        assert!(text(r).await.contains("too large"));
+    }
+    // Far over it (past hyper's buffer): HTTP/1.1 still answers 431 before closing.
+    let mut tls = tls_connect(&relay, HOST, b"http/1.1").await;
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
+        "v".repeat(90 * 1024)
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(head.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn private_by_default() {
+    let nvr = Nvr::start().await;
+    let relay = TestRelay::start().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    let r = send(&relay, false, "/api/request").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !text(r).await.contains("client_ip"),
+        "nothing reached the recorder"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+async fn websocket(
+    relay: &TestRelay,
+    path: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tls = tls_connect(relay, HOST, b"http/1.1").await;
+    let (ws, resp) = tokio_tungstenite::client_async(format!("wss://{HOST}{path}"), tls)
+        .await
+        .expect("websocket handshake through the relay");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn next_message<S>(ws: &mut S) -> Message
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a message in time")
+        .expect("open")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn websocket_echo_and_pushed_video_through_the_edge() {
+    let (relay, agent, _nvr) = cam().await;
+    let mut ws = websocket(&relay, "/ws/echo").await;
+    for i in 0..3 {
+        ws.send(Message::text(format!("frame {i}"))).await.unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Message::text(format!("frame {i}"))
+        );
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::binary(vec![7u8; 100_000])
+    );
+    let mut video = websocket(&relay, "/ws/video?fps=50").await;
+    for i in 0..10 {
+        assert_eq!(
+            next_message(&mut video).await,
+            Message::binary(format!("frame {i}").into_bytes())
+        );
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// Wait (up to `secs`) for the relay to close a WebSocket; true when it did.
+async fn closed_within<S>(ws: &mut S, secs: u64) -> bool
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_idle_timeout_spares_live_connections() {
+    let nvr = Nvr::start().await;
+    let (relay, agent) = publish(
+        nvr.addr,
+        |c| c.limits.idle_timeout = Duration::from_secs(1),
+        |_| {},
+    )
+    .await;
+    // Traffic one way only (pushed video) keeps it open well past the idle limit.
+    let mut video = websocket(&relay, "/ws/video?fps=5").await;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        assert!(next_message(&mut video).await.is_binary());
+    }
+    // An echo socket with a message every 400 ms lives too…
+    let mut ws = websocket(&relay, "/ws/echo").await;
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Message::text(format!("ping {i}"))
+        );
+    }
+    // …and is closed once silent for the limit.
+    let silent = Instant::now();
+    assert!(
+        closed_within(&mut ws, 5).await,
+        "silent WebSocket was not closed"
+    );
+    assert!(silent.elapsed() >= Duration::from_millis(900));
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn agent_offline_is_a_502_that_says_since_when() {
-    let (relay, agent, _) = cam().await;
+    let (relay, agent, _nvr) = cam().await;
     agent.stop().await;
     let mut status = StatusCode::OK;
     for _ in 0..100 {
-        let r = https_request(
-            &relay,
-            "cam.relay.localhost",
-            false,
-            get("cam.relay.localhost", "/"),
-        )
-        .await;
+        let r = send(&relay, false, "/").await;
         status = r.status();
         if status == StatusCode::BAD_GATEWAY {
             let body = text(r).await;

@@ -201,3 +201,38 @@ async fn proxy_v2_header_carries_visitor_address() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn idle_timeout_closes_silent_connections_only() {
+    let relay =
+        TestRelay::start_configured(|c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let echo = echo_server().await;
+    let port = free_port();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
+        .tcp("echo", echo, port)
+        .start()
+        .await;
+    agent.connected().await;
+    let mut s = visit(port).await;
+    // A message every 400 ms for 2.4 s: longer than the idle limit, never idle that long.
+    for i in 0..6u8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[i; 10]).await.unwrap();
+        let mut back = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("connection still open");
+        assert_eq!(back, [i; 10]);
+    }
+    // Silence: the relay closes it after about a second.
+    let silent = Instant::now();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the relay closes a silent connection");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    assert!(silent.elapsed() >= Duration::from_millis(900));
+    agent.stop().await;
+    relay.stop().await;
+}

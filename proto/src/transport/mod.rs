@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub mod io_util;
 pub mod quic;
 
-pub use io_util::{read_frame, splice, write_frame, FrameError, SpliceStats};
+pub use io_util::{
+    copy_bidirectional_idle, read_frame, splice, write_frame, FrameError, SpliceStats,
+};
 
 /// A boxed future, for the object-safe [`Transport`] trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -10,8 +10,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proto::{
-    transport::{read_frame, write_frame, BiStream, Connection},
-    StreamErrorKind, StreamKind, StreamOpen, StreamReply,
+    transport::{copy_bidirectional_idle, read_frame, write_frame, BiStream, Connection},
+    HttpOptions, StreamErrorKind, StreamKind, StreamOpen, StreamReply,
 };
 
 use super::{pages::page, Body};
@@ -34,6 +34,8 @@ pub(crate) struct Route {
     pub(crate) session: u64,
     pub(crate) conn: Connection,
     pub(crate) tunnel: u32,
+    /// The tunnel's HTTP options from the agent's Hello.
+    pub(crate) opts: Arc<HttpOptions>,
 }
 
 /// Headers a visitor may not set: the relay writes its own from the socket.
@@ -58,11 +60,23 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// Response headers that may carry a URL pointing at the target.
+const URL_HEADERS: [HeaderName; 2] = [header::LOCATION, header::CONTENT_LOCATION];
+
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     v: Arc<Visitor>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // hyper refuses heads beyond its buffer with a bare 431; the limit itself is checked here
+    // (the buffer has some slack above it) so most visitors get a page that says why.
+    if head_size(&req) > shared.config.limits.max_request_head {
+        return page(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request headers too large",
+            "The request's headers are larger than this site accepts. Clearing the site's cookies may help.",
+        );
+    }
     let host = match request_host(&req) {
         Ok(h) => h,
         Err(msg) => return page(StatusCode::BAD_REQUEST, "Bad request", msg),
@@ -106,6 +120,20 @@ pub(crate) async fn handle(
     forward(&shared, &v, route, host, req).await
 }
 
+/// Size of a request head as HTTP/1.1 would write it (HTTP/2 counts 32 more per field).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
 /// The request's host, normalised; one Host header at most, agreeing with an absolute URI.
 pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
@@ -137,7 +165,7 @@ async fn open_stream(
 ) -> Result<BiStream, Box<Response<Body>>> {
     let bad_gateway =
         |detail: String| Box::new(page(StatusCode::BAD_GATEWAY, "Bad gateway", &detail));
-    let limit = shared.config.limits.stream_open_timeout;
+    let limit = shared.config.limits.connect_timeout;
     let opened = tokio::time::timeout(limit, async {
         let mut stream = route
             .conn
@@ -178,7 +206,10 @@ async fn open_stream(
         Err(Box::new(page(
             StatusCode::GATEWAY_TIMEOUT,
             "Gateway timeout",
-            "The recorder's agent did not answer in time.",
+            &format!(
+                "The recorder (or its agent) did not answer within {}.",
+                humantime::format_duration(limit)
+            ),
         )))
     })
 }
@@ -194,7 +225,15 @@ async fn forward(
         Ok(s) => s,
         Err(page) => return *page,
     };
+    // Recorders write sloppy HTTP: be lenient with what they answer (bare LF line ends,
+    // duplicate headers and close-delimited bodies are fine for hyper already). Request
+    // headers go out in Title-Case, as browsers write them: some embedded servers compare
+    // names case-sensitively.
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .ignore_invalid_headers_in_responses(true)
+        .title_case_headers(true)
         .handshake::<_, Incoming>(TokioIo::new(stream))
         .await
     {
@@ -215,7 +254,7 @@ async fn forward(
     });
     let upgrade = wants_upgrade(req.headers());
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, v, &host, upgrade);
+    prepare_request(&mut req, v, &host, upgrade, &route.opts);
     let mut resp = match sender.send_request(req).await {
         Ok(r) => r,
         Err(e) => {
@@ -230,16 +269,22 @@ async fn forward(
     if switching {
         if let Some(visitor_upgrade) = visitor_upgrade {
             let target_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = shared.config.limits.idle_timeout;
             v.tasks.spawn(async move {
                 if let (Ok(a), Ok(b)) = tokio::join!(visitor_upgrade, target_upgrade) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
+                    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                    match copy_bidirectional_idle(&mut a, &mut b, Some(idle)).await {
+                        Ok((up, down)) => tracing::debug!(up, down, "upgraded connection done"),
+                        Err(e) => tracing::debug!("upgraded connection closed: {e}"),
+                    }
                 }
             });
         }
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
+    if route.opts.rewrite_redirects {
+        rewrite_redirects(resp.headers_mut(), &route.opts, &host, shared.https_port);
+    }
     resp.map(|b| b.boxed())
 }
 
@@ -289,9 +334,16 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Rewrite a visitor request for the target: origin-form URI, HTTP/1.1, Host kept, forwarding
-/// headers written by us from the socket (never the visitor's).
-fn prepare_request<B>(req: &mut Request<B>, v: &Visitor, host: &str, upgrade: bool) {
+/// Rewrite a visitor request for the target: origin-form URI, HTTP/1.1, Host kept (or as the
+/// tunnel says), forwarding headers written by us from the socket (never the visitor's), or
+/// none at all when the tunnel turns them off.
+fn prepare_request<B>(
+    req: &mut Request<B>,
+    v: &Visitor,
+    host: &str,
+    upgrade: bool,
+    opts: &HttpOptions,
+) {
     let path = req
         .uri()
         .path_and_query()
@@ -304,10 +356,20 @@ fn prepare_request<B>(req: &mut Request<B>, v: &Visitor, host: &str, upgrade: bo
     for n in FORWARDING {
         h.remove(n);
     }
-    if let Ok(hv) = HeaderValue::from_str(host) {
-        if !h.contains_key(header::HOST) {
-            h.insert(header::HOST, hv.clone());
+    match opts.host_header.as_deref().map(HeaderValue::from_str) {
+        Some(Ok(target_host)) => {
+            h.insert(header::HOST, target_host);
         }
+        _ => {
+            if let (false, Ok(hv)) = (h.contains_key(header::HOST), HeaderValue::from_str(host)) {
+                h.insert(header::HOST, hv);
+            }
+        }
+    }
+    if !opts.forwarded_headers {
+        return;
+    }
+    if let Ok(hv) = HeaderValue::from_str(host) {
         h.insert("x-forwarded-host", hv);
     }
     let ip = v.peer.ip().to_string();
@@ -324,6 +386,75 @@ fn prepare_request<B>(req: &mut Request<B>, v: &Visitor, host: &str, upgrade: bo
     if let Ok(f) = HeaderValue::from_str(&format!("for={node};proto=https;host={host}")) {
         h.insert("forwarded", f);
     }
+}
+
+/// Point `Location`, `Content-Location` and `Refresh` URLs aimed at the target (or at plain
+/// http on the public hostname) at `https://PUBLIC[:port]` with the same path, like nginx's
+/// `proxy_redirect default`. Relative URLs and other hosts are left alone.
+fn rewrite_redirects(h: &mut HeaderMap, opts: &HttpOptions, public: &str, https_port: u16) {
+    let origin = match https_port {
+        443 => format!("https://{public}"),
+        p => format!("https://{public}:{p}"),
+    };
+    let rewrite = |url: &str| -> Option<String> {
+        let (scheme, rest) = url.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let (host, port) = split_authority(authority, default_port)?;
+        let ours =
+            |a: &str, default: u16| split_authority(a, default) == Some((host.clone(), port));
+        let target_default = if opts.target_tls { 443 } else { 80 };
+        let to_us = (!opts.target.is_empty() && ours(&opts.target, target_default))
+            || opts
+                .host_header
+                .as_deref()
+                .is_some_and(|a| ours(a, default_port))
+            || (scheme == "http" && host == public);
+        to_us.then(|| format!("{origin}{}", if path.is_empty() { "/" } else { path }))
+    };
+    for name in URL_HEADERS {
+        let new = h
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(&rewrite)
+            .and_then(|u| HeaderValue::from_str(&u).ok());
+        if let Some(v) = new {
+            h.insert(name, v);
+        }
+    }
+    // `Refresh: 5; url=http://…` (the URL may be quoted).
+    let refresh = h
+        .get("refresh")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let at = v.to_ascii_lowercase().find("url=")? + 4;
+            let (head, url) = v.split_at(at);
+            let quote = url.chars().next().filter(|c| *c == '\'' || *c == '"');
+            let bare = quote.map_or(url, |q| url.trim_start_matches(q).trim_end_matches(q));
+            let new = rewrite(bare.trim())?;
+            let q = quote.map(String::from).unwrap_or_default();
+            HeaderValue::from_str(&format!("{head}{q}{new}{q}")).ok()
+        });
+    if let Some(v) = refresh {
+        h.insert("refresh", v);
+    }
+}
+
+/// `host[:port]` → lowercase host and port (default when absent); IPv6 in brackets.
+fn split_authority(a: &str, default_port: u16) -> Option<(String, u16)> {
+    let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+    let (host, port) = match a.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (a, default_port),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some((host, port))
 }
 
 #[cfg(test)]
@@ -370,7 +501,13 @@ mod tests {
             sni: None,
             tasks: tokio_util::task::TaskTracker::new(),
         };
-        prepare_request(&mut r, &v, "cam.example.com", false);
+        prepare_request(
+            &mut r,
+            &v,
+            "cam.example.com",
+            false,
+            &HttpOptions::new("192.168.1.50:80"),
+        );
         assert_eq!(r.uri(), "/live?x=1");
         let h = r.headers();
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");
@@ -382,5 +519,79 @@ mod tests {
             "for=203.0.113.9;proto=https;host=cam.example.com"
         );
         assert!(!h.contains_key("x-secret") && !h.contains_key("connection"));
+
+        // Off: the visitor's are stripped and none are added; Host as configured.
+        let opts = HttpOptions {
+            forwarded_headers: false,
+            host_header: Some("192.168.1.50".into()),
+            ..HttpOptions::new("192.168.1.50:80")
+        };
+        let mut r = Request::builder()
+            .uri("/")
+            .header("host", "cam.example.com")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-real-ip", "10.0.0.1")
+            .body(())
+            .unwrap();
+        prepare_request(&mut r, &v, "cam.example.com", false, &opts);
+        let h = r.headers();
+        assert_eq!(h["host"], "192.168.1.50");
+        for n in FORWARDING {
+            assert!(!h.contains_key(n), "{n}");
+        }
+    }
+
+    fn rewritten(opts: &HttpOptions, name: &str, value: &str) -> String {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+        rewrite_redirects(&mut h, opts, "cam.example.com", 8443);
+        h[name].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn redirects_to_the_target_become_public_urls() {
+        let o = HttpOptions::new("192.168.1.50:80");
+        let public = "https://cam.example.com:8443/doc/page.html?a=1";
+        for url in [
+            "http://192.168.1.50/doc/page.html?a=1",
+            "http://192.168.1.50:80/doc/page.html?a=1",
+            "HTTP://192.168.1.50:80/doc/page.html?a=1",
+            "http://cam.example.com/doc/page.html?a=1",
+            "http://cam.example.com:8080/doc/page.html?a=1",
+        ] {
+            assert_eq!(rewritten(&o, "location", url), public, "{url}");
+        }
+        assert_eq!(
+            rewritten(&o, "content-location", "http://192.168.1.50"),
+            "https://cam.example.com:8443/"
+        );
+        for same in [
+            "/doc/page.html",
+            "http://192.168.1.51/x",
+            "http://192.168.1.50:8080/x",
+            "https://cam.example.com/x",
+            "https://example.org/",
+        ] {
+            assert_eq!(rewritten(&o, "location", same), same);
+        }
+        assert_eq!(
+            rewritten(&o, "refresh", "0; URL='http://192.168.1.50/live'"),
+            "0; URL='https://cam.example.com:8443/live'"
+        );
+        assert_eq!(
+            rewritten(&o, "refresh", "5;url=http://192.168.1.50:80/"),
+            "5;url=https://cam.example.com:8443/"
+        );
+        let tls = HttpOptions {
+            target_tls: true,
+            ..HttpOptions::new("nvr.lan:443")
+        };
+        assert_eq!(
+            rewritten(&tls, "location", "https://nvr.lan/x"),
+            "https://cam.example.com:8443/x"
+        );
     }
 }

@@ -28,6 +28,10 @@ pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers must arrive within this.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's own limit on a request head sits this far above `limits.max_request_head`: heads in
+/// between reach the service, which answers 431 with a page; beyond it hyper (h1) and h2 answer
+/// a bare 431.
+const HEAD_SLACK: usize = 16 * 1024;
 
 /// rustls config for visitors: certificates by SNI from `certs`, ALPN h2 and http/1.1 (and
 /// `acme-tls/1` when tls-alpn-01 validation may knock).
@@ -121,6 +125,7 @@ async fn connection(
         tasks,
     });
     let grace = shared.config.limits.shutdown_grace;
+    let max_head = shared.config.limits.max_request_head + HEAD_SLACK;
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let ctx = ctx.clone();
@@ -140,12 +145,12 @@ async fn connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(max_head);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
-        .max_header_list_size(16 * 1024)
+        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
