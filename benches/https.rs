@@ -187,6 +187,7 @@ fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
 /// Relay + agent publishing `cam.localhost` → `target`; returns the edge port and processes.
 fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
     let (quic, https, http) = (free_port(), free_port(), free_port());
+    std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("relay.toml");
     let mut toml = format!(
         "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
@@ -378,10 +379,7 @@ async fn read_frames(body: hyper::body::Incoming, epoch: Instant) -> Vec<f64> {
         let Ok(data) = f.into_data() else { continue };
         buf.extend_from_slice(&data);
         // Consume complete parts: header, FRAME_BYTES, CRLF.
-        loop {
-            let Some(h) = buf.windows(4).position(|w| w == marker) else {
-                break;
-            };
+        while let Some(h) = buf.windows(4).position(|w| w == marker) {
             let start = h + 4;
             if buf.len() < start + FRAME_BYTES + 2 {
                 break;

@@ -159,3 +159,72 @@ async fn tcp_tunnel_with_tls_is_terminated_at_the_relay() {
     other.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn websocket_over_http2_extended_connect() {
+    use futures_util::{SinkExt, StreamExt};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+
+    let nvr = Nvr::start().await;
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        })
+    })
+    .await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    let tls = tls_connect(&relay, "cam.relay.localhost", b"h2").await;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Two WebSockets on one HTTP/2 connection, as a browser's camera grid does.
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("https://cam.relay.localhost/ws/echo")
+            .header("sec-websocket-version", "13")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let io = hyper::upgrade::on(resp).await.unwrap();
+        sockets.push(
+            tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(io),
+                Role::Client,
+                None,
+            )
+            .await,
+        );
+    }
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send(Message::text(format!("tile {i}"))).await.unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Message::text(format!("tile {i}")));
+    }
+    // A plain CONNECT is not proxied anywhere.
+    let req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://cam.relay.localhost:443")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -3,8 +3,10 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
+use bytes::Bytes;
 use http::{
-    header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -117,6 +119,13 @@ pub(crate) async fn handle(
             &format!("The recorder's agent has been offline{since}. It reconnects by itself when its network is back."),
         );
     };
+    if req.method() == Method::CONNECT && !is_h2_websocket(&req) {
+        return page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "This site is not a proxy.",
+        );
+    }
     forward(&shared, &v, route, host, req).await
 }
 
@@ -252,7 +261,20 @@ async fn forward(
             tracing::debug!("target connection: {e}");
         }
     });
-    let upgrade = wants_upgrade(req.headers());
+    // A WebSocket over HTTP/2 (RFC 8441: CONNECT with :protocol websocket) becomes the classic
+    // HTTP/1.1 Upgrade toward the target; the visitor gets 200 once the target has switched.
+    let h2_websocket = is_h2_websocket(&req);
+    if h2_websocket {
+        *req.method_mut() = Method::GET;
+        let h = req.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let key: [u8; 16] = rand::random();
+        if let Ok(k) = HeaderValue::from_str(&BASE64.encode(key)) {
+            h.insert(header::SEC_WEBSOCKET_KEY, k);
+        }
+    }
+    let upgrade = h2_websocket || wants_upgrade(req.headers());
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, v, &host, upgrade, &route.opts);
     let mut resp = match sender.send_request(req).await {
@@ -281,6 +303,18 @@ async fn forward(
             });
         }
     }
+    if switching && h2_websocket {
+        let mut ok = Response::new(super::pages::full(Bytes::new()));
+        for name in [
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ] {
+            if let Some(value) = resp.headers().get(&name) {
+                ok.headers_mut().insert(name, value.clone());
+            }
+        }
+        return ok;
+    }
     strip_hop_by_hop(resp.headers_mut(), switching);
     if route.opts.rewrite_redirects {
         rewrite_redirects(resp.headers_mut(), &route.opts, &host, shared.https_port);
@@ -296,6 +330,14 @@ impl std::fmt::Debug for Route {
             .field("tunnel", &self.tunnel)
             .finish_non_exhaustive()
     }
+}
+
+fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 fn wants_upgrade(h: &HeaderMap) -> bool {

@@ -150,6 +150,12 @@ async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
+        // WebSockets over HTTP/2 (RFC 8441): a camera grid's sockets share one connection.
+        .enable_connect_protocol()
+        // Rapid reset (CVE-2023-44487) and streams the client makes us reset: h2's defaults,
+        // stated here so a dependency update cannot drop them silently.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
