@@ -204,6 +204,15 @@ pub struct LimitsConfig {
     /// byte moving in either direction; never while traffic flows.
     #[serde(default = "default_idle_timeout_limit", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A visitor's TLS handshake (https, and tcp tunnels with `tls`) must finish within this.
+    #[serde(default = "default_ten_seconds", with = "humantime_serde")]
+    pub visitor_handshake_timeout: Duration,
+    /// A visitor's request head must arrive within this (slowloris).
+    #[serde(default = "default_ten_seconds", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Concurrent requests (streams) on one HTTP/2 visitor connection.
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
     /// Largest visitor request head (request line and headers) in bytes; larger is 431.
     #[serde(default = "default_max_request_head")]
     pub max_request_head: usize,
@@ -227,6 +236,12 @@ fn default_connect_timeout() -> Duration {
 fn default_idle_timeout_limit() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_http2_max_streams() -> u32 {
+    100
+}
 fn default_max_request_head() -> usize {
     64 * 1024
 }
@@ -244,6 +259,9 @@ impl Default for LimitsConfig {
             pending_handshakes: default_pending_handshakes(),
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout_limit(),
+            visitor_handshake_timeout: default_ten_seconds(),
+            header_read_timeout: default_ten_seconds(),
+            http2_max_streams: default_http2_max_streams(),
             max_request_head: default_max_request_head(),
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
@@ -377,6 +395,9 @@ impl RelayConfig {
                 "limits.idle_timeout",
                 "limits.idle_timeout and limits.connect_timeout must be above zero",
             );
+        }
+        if self.limits.http2_max_streams == 0 {
+            return bad("limits.http2_max_streams", "must be at least 1");
         }
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");

@@ -61,7 +61,7 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     // TLS first, so a visitor that never finishes its handshake costs no agent stream.
     let sock = if tls {
         match tokio::time::timeout(
-            crate::http::TLS_HANDSHAKE_TIMEOUT,
+            shared.config.limits.visitor_handshake_timeout,
             tokio_rustls::TlsAcceptor::from(shared.tunnel_tls.clone()).accept(sock),
         )
         .await

@@ -228,3 +228,119 @@ async fn websocket_over_http2_extended_connect() {
     agent.stop().await;
     relay.stop().await;
 }
+
+/// A relay with short visitor limits and `cam.relay.localhost` public, serving a fake NVR.
+async fn limited(f: impl FnOnce(&mut relay::RelayConfig)) -> (TestRelay, TestAgent, Nvr) {
+    let nvr = Nvr::start().await;
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        });
+        f(c)
+    })
+    .await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    (relay, agent, nvr)
+}
+
+#[tokio::test]
+async fn slow_visitors_are_dropped_by_the_handshake_and_header_timeouts() {
+    let limit = std::time::Duration::from_millis(500);
+    let (relay, agent, _nvr) = limited(|c| {
+        c.limits.visitor_handshake_timeout = limit;
+        c.limits.header_read_timeout = limit;
+    })
+    .await;
+    // No ClientHello at all: closed after the handshake timeout.
+    let mut silent = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(t0.elapsed() >= limit && t0.elapsed() < std::time::Duration::from_secs(3));
+
+    // Slowloris: a head trickled one header every 200 ms never completes; the relay gives up
+    // after the header timeout although bytes keep coming.
+    let mut tls = tls_connect(&relay, "cam.relay.localhost", b"http/1.1").await;
+    tls.write_all(b"GET /api/request HTTP/1.1\r\nHost: cam.relay.localhost\r\n")
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let closed = async {
+        let mut i = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            i += 1;
+            if tls
+                .write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let mut b = [0u8; 256];
+            if let Ok(r) =
+                tokio::time::timeout(std::time::Duration::from_millis(1), tls.read(&mut b)).await
+            {
+                // EOF, an error, or hyper's 408: the relay is done with us.
+                if r.map_or(true, |n| n == 0 || b[..n].starts_with(b"HTTP/1.1 408")) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), closed)
+        .await
+        .expect("the relay closed a slowloris connection");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3));
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn http2_streams_per_connection_are_capped() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (relay, agent, _nvr) = limited(|c| c.limits.http2_max_streams = 2).await;
+    let tls = tls_connect(&relay, "cam.relay.localhost", b"h2").await;
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mjpeg = || {
+        let mut send = send.clone();
+        async move {
+            let req = Request::builder()
+                .uri("https://cam.relay.localhost/mjpeg?fps=10&size=1000")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            send.send_request(req).await
+        }
+    };
+    let a = mjpeg().await.unwrap();
+    let b = mjpeg().await.unwrap();
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    // Two endless streams are open: a third waits for a slot...
+    let third = tokio::spawn(mjpeg());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third stream started past the cap");
+    // ...and gets one when a stream ends.
+    drop(a);
+    let c = tokio::time::timeout(std::time::Duration::from_secs(5), third)
+        .await
+        .expect("third stream after a slot freed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.status(), StatusCode::OK);
+    drop((b, c));
+    agent.stop().await;
+    relay.stop().await;
+}

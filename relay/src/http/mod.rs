@@ -24,10 +24,6 @@ use crate::Shared;
 /// Response body type of the edge: the target's streamed body or an error page.
 pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
-/// TLS handshakes that take longer are dropped (slowloris on the handshake).
-pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request headers must arrive within this.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own limit on a request head sits this far above `limits.max_request_head`: heads in
 /// between reach the service, which answers 431 with a page; beyond it hyper (h1) and h2 answer
 /// a bare 431.
@@ -97,17 +93,19 @@ async fn connection(
 ) {
     let _ = sock.set_nodelay(true);
     let Ok(local) = sock.local_addr() else { return };
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            tracing::debug!("TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            return;
-        }
-    };
+    let limits = shared.config.limits.clone();
+    let tls =
+        match tokio::time::timeout(limits.visitor_handshake_timeout, acceptor.accept(sock)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
     if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
         // A tls-alpn-01 validation: the handshake was the whole answer.
         tracing::debug!("answered a tls-alpn-01 validation");
@@ -144,12 +142,12 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(max_head);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
+        .max_concurrent_streams(limits.http2_max_streams)
         // WebSockets over HTTP/2 (RFC 8441): a camera grid's sockets share one connection.
         .enable_connect_protocol()
         // Rapid reset (CVE-2023-44487) and streams the client makes us reset: h2's defaults,
