@@ -332,6 +332,13 @@ impl AgentConfig {
                     "only http tunnels and tcp tunnels with tls = true have a hostname",
                 );
             }
+            if t.proxy_protocol.is_some() && t.kind == Kind::Http {
+                return bad(
+                    key("proxy_protocol"),
+                    "http tunnels give the visitor's address in X-Forwarded-For and Forwarded; \
+                     PROXY protocol is for tcp tunnels",
+                );
+            }
             if t.tls && t.kind != Kind::Tcp {
                 return bad(
                     key("tls"),

@@ -258,6 +258,7 @@ fn claim_routes(
                         .clone()
                         .unwrap_or_else(|| proto::HttpOptions::new("")),
                 ),
+                pool: Arc::default(),
             },
         );
         let port = match shared.https_port {

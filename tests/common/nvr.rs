@@ -61,9 +61,16 @@ struct State {
     release: Notify,
     /// MJPEG bytes handed to the connection so far (all `/mjpeg` responses together).
     mjpeg_sent: AtomicU64,
+    /// TCP connections accepted so far.
+    connections: AtomicU64,
 }
 
 impl Nvr {
+    /// TCP connections the recorder has accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
     /// A plain-HTTP recorder on an ephemeral loopback port.
     pub async fn start() -> Nvr {
         Self::listen(None).await
@@ -97,10 +104,12 @@ impl Nvr {
             addr,
             release: Notify::new(),
             mjpeg_sent: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let st = state.clone();
         tokio::spawn(async move {
             while let Ok((s, peer)) = l.accept().await {
+                st.connections.fetch_add(1, Ordering::Relaxed);
                 let st = st.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {

@@ -344,3 +344,119 @@ async fn http2_streams_per_connection_are_capped() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn connections_to_the_recorder_are_reused_like_upstream_keepalive() {
+    let (relay, agent, nvr) = limited(|_| {}).await;
+    let get = |path: &'static str| {
+        Request::builder()
+            .uri(path)
+            .header("host", "cam.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Twenty requests from separate visitor connections, one after another: one recorder
+    // connection carries them all.
+    for _ in 0..20 {
+        let resp = https_request(&relay, "cam.relay.localhost", false, get("/api/request")).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        nvr.connections(),
+        1,
+        "sequential requests reuse one connection"
+    );
+    // A response still streaming keeps its connection: a concurrent request gets another.
+    let stream = https_request(
+        &relay,
+        "cam.relay.localhost",
+        false,
+        get("/mjpeg?fps=10&size=1000"),
+    )
+    .await;
+    let resp = https_request(&relay, "cam.relay.localhost", false, get("/api/request")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(nvr.connections(), 2);
+    drop((stream, resp));
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_recorder_closing_kept_alive_connections_costs_no_request() {
+    // `/sloppy/casing` answers with a Content-Length and no `Connection: close`, then closes:
+    // every pooled connection is stale by the next request. Each GET must still succeed
+    // (retried on a new connection when the stale one fails).
+    let (relay, agent, nvr) = limited(|_| {}).await;
+    for i in 0..20 {
+        let req = Request::builder()
+            .uri("/sloppy/casing")
+            .header("host", "cam.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = https_request(&relay, "cam.relay.localhost", false, req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"casing body");
+    }
+    assert!(nvr.connections() >= 20);
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_lost_on_a_stale_connection_is_retried_when_safe() {
+    // The keep-alive race made deterministic: each connection answers its first request and
+    // keeps the connection open, then drops it unanswered when a second request arrives (as a
+    // recorder whose keep-alive timer fired while that request was on its way).
+    let target = tcp_server(|mut s| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+            .await;
+        let _ = s.read(&mut buf).await;
+    })
+    .await;
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        })
+    })
+    .await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    let req = |method: &str| {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "cam.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for i in 0..5 {
+        let resp = https_request(&relay, "cam.relay.localhost", false, req("GET")).await;
+        assert_eq!(resp.status(), StatusCode::OK, "GET {i}");
+    }
+    // A POST is not repeated behind the visitor's back: it fails with a 502 instead.
+    let resp = https_request(&relay, "cam.relay.localhost", false, req("POST")).await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -38,6 +38,46 @@ pub(crate) struct Route {
     pub(crate) tunnel: u32,
     /// The tunnel's HTTP options from the agent's Hello.
     pub(crate) opts: Arc<HttpOptions>,
+    /// Idle connections to the target, for reuse.
+    pub(crate) pool: Arc<Pool>,
+}
+
+/// Idle HTTP/1.1 connections to one route's target, each an agent stream whose TCP connection
+/// to the recorder stays open: like nginx's upstream keepalive, a request on a reused one
+/// costs no stream-open round trip and no new connection at the agent. Dropped with the route
+/// (agent gone), after [`POOL_IDLE_FOR`] unused, or when the recorder closes them.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    idle: std::sync::Mutex<Vec<(Sender, std::time::Instant)>>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// Idle connections kept per route.
+const POOL_MAX_IDLE: usize = 32;
+/// Reuse only connections idle for less than this: embedded web servers close keep-alive
+/// connections after a few seconds to a minute, and a reused one must still be open.
+const POOL_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(4);
+
+impl Pool {
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((s, at)) = idle.pop() {
+            if at.elapsed() < POOL_IDLE_FOR && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: Sender) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(s, at)| at.elapsed() < POOL_IDLE_FOR && !s.is_closed());
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push((s, std::time::Instant::now()));
+            }
+        }
+    }
 }
 
 /// Headers a visitor may not set: the relay writes its own from the socket.
@@ -223,6 +263,44 @@ async fn open_stream(
     })
 }
 
+/// A new HTTP/1.1 connection to the target over a new agent stream.
+async fn connect(
+    shared: &Shared,
+    v: &Visitor,
+    route: &Route,
+) -> Result<Sender, Box<Response<Body>>> {
+    let stream = open_stream(shared, v, route).await?;
+    // Recorders write sloppy HTTP: be lenient with what they answer (bare LF line ends,
+    // duplicate headers and close-delimited bodies are fine for hyper already). Request
+    // headers go out in Title-Case, as browsers write them: some embedded servers compare
+    // names case-sensitively.
+    let (sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .ignore_invalid_headers_in_responses(true)
+        .title_case_headers(true)
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            return Err(Box::new(page(
+                StatusCode::BAD_GATEWAY,
+                "Bad gateway",
+                &format!("Tunnel failed: {e}."),
+            )))
+        }
+    };
+    // The connection task ends when its sender is dropped (or the upgraded connection is
+    // done).
+    v.tasks.spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("target connection: {e}");
+        }
+    });
+    Ok(sender)
+}
+
 async fn forward(
     shared: &Shared,
     v: &Visitor,
@@ -230,37 +308,6 @@ async fn forward(
     host: String,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let stream = match open_stream(shared, v, &route).await {
-        Ok(s) => s,
-        Err(page) => return *page,
-    };
-    // Recorders write sloppy HTTP: be lenient with what they answer (bare LF line ends,
-    // duplicate headers and close-delimited bodies are fine for hyper already). Request
-    // headers go out in Title-Case, as browsers write them: some embedded servers compare
-    // names case-sensitively.
-    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .allow_spaces_after_header_name_in_responses(true)
-        .allow_obsolete_multiline_headers_in_responses(true)
-        .ignore_invalid_headers_in_responses(true)
-        .title_case_headers(true)
-        .handshake::<_, Incoming>(TokioIo::new(stream))
-        .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                "Bad gateway",
-                &format!("Tunnel failed: {e}."),
-            )
-        }
-    };
-    // The connection task ends when the request (or the upgraded connection) is done.
-    v.tasks.spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("target connection: {e}");
-        }
-    });
     // A WebSocket over HTTP/2 (RFC 8441: CONNECT with :protocol websocket) becomes the classic
     // HTTP/1.1 Upgrade toward the target; the visitor gets 200 once the target has switched.
     let h2_websocket = is_h2_websocket(&req);
@@ -277,15 +324,34 @@ async fn forward(
     let upgrade = h2_websocket || wants_upgrade(req.headers());
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     prepare_request(&mut req, v, &host, upgrade, &route.opts);
-    let mut resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(e) => {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                "Bad gateway",
-                &format!("The recorder closed the connection ({e})."),
-            )
-        }
+    // An upgraded connection is never returned to the pool, so it never comes from it either.
+    let pooled = if upgrade { None } else { route.pool.take() };
+    // A reused connection may have been closed by the recorder a moment ago (many embedded
+    // servers close kept-alive connections without saying so). A request it hands back unsent
+    // goes out on a new connection; so does a bodiless idempotent one that failed on it, as
+    // nginx retries its upstream keep-alive connections.
+    let retry = (pooled.is_some() && is_retryable(&req)).then(|| bodiless_copy(&req));
+    let req = req.map(|b| b.boxed());
+    let sent = match pooled {
+        Some(mut s) => match s.try_send_request(req).await {
+            Ok(r) => Ok((s, r)),
+            Err(mut e) => match (e.take_message(), retry) {
+                (Some(req), _) => send_new(shared, v, &route, req).await,
+                (None, Some(again)) => {
+                    tracing::debug!(
+                        "reused connection to the recorder failed ({}); retrying on a new one",
+                        e.error()
+                    );
+                    send_new(shared, v, &route, again).await
+                }
+                (None, None) => Err(bad_gateway_closed(e.into_error())),
+            },
+        },
+        None => send_new(shared, v, &route, req).await,
+    };
+    let (mut sender, mut resp) = match sent {
+        Ok(x) => x,
+        Err(page) => return *page,
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -315,6 +381,16 @@ async fn forward(
         }
         return ok;
     }
+    if !switching {
+        // Back to the pool once this response has been read to its end (at once for most;
+        // never for an endless MJPEG stream, whose connection closes with it).
+        let pool = route.pool.clone();
+        v.tasks.spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(sender);
+            }
+        });
+    }
     strip_hop_by_hop(resp.headers_mut(), switching);
     if route.opts.rewrite_redirects {
         rewrite_redirects(resp.headers_mut(), &route.opts, &host, shared.https_port);
@@ -330,6 +406,45 @@ impl std::fmt::Debug for Route {
             .field("tunnel", &self.tunnel)
             .finish_non_exhaustive()
     }
+}
+
+/// Safe to send twice: idempotent and without a body.
+fn is_retryable(req: &Request<Incoming>) -> bool {
+    use hyper::body::Body as _;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && req.body().is_end_stream()
+}
+
+/// The same request with an empty body.
+fn bodiless_copy<B>(req: &Request<B>) -> Request<Body> {
+    let mut r = Request::new(super::pages::full(Bytes::new()));
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// Send `req` on a new connection to the target.
+async fn send_new(
+    shared: &Shared,
+    v: &Visitor,
+    route: &Route,
+    req: Request<Body>,
+) -> Result<(Sender, Response<Incoming>), Box<Response<Body>>> {
+    let mut sender = connect(shared, v, route).await?;
+    match sender.send_request(req).await {
+        Ok(r) => Ok((sender, r)),
+        Err(e) => Err(bad_gateway_closed(e)),
+    }
+}
+
+fn bad_gateway_closed(e: hyper::Error) -> Box<Response<Body>> {
+    Box::new(page(
+        StatusCode::BAD_GATEWAY,
+        "Bad gateway",
+        &format!("The recorder closed the connection ({e})."),
+    ))
 }
 
 fn is_h2_websocket<B>(req: &Request<B>) -> bool {
