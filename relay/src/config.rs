@@ -216,6 +216,11 @@ pub struct LimitsConfig {
     /// Largest visitor request head (request line and headers) in bytes; larger is 431.
     #[serde(default = "default_max_request_head")]
     pub max_request_head: usize,
+    /// Agent streams in use at once per agent: HTTP requests in flight, kept-alive connections
+    /// to its recorders and tcp visitors together. Past it, an HTTP request waits up to
+    /// `connect_timeout` (then 504) and a tcp visitor is refused.
+    #[serde(default = "default_streams_per_agent")]
+    pub streams_per_agent: usize,
     /// Open visitor connections per tunnel; more are refused.
     #[serde(default = "default_connections_per_tunnel")]
     pub connections_per_tunnel: usize,
@@ -245,6 +250,10 @@ fn default_http2_max_streams() -> u32 {
 fn default_max_request_head() -> usize {
     64 * 1024
 }
+fn default_streams_per_agent() -> usize {
+    // The agent accepts 4096 concurrent streams from the relay (QuicSettings::agent).
+    4096
+}
 fn default_connections_per_tunnel() -> usize {
     4096
 }
@@ -263,6 +272,7 @@ impl Default for LimitsConfig {
             header_read_timeout: default_ten_seconds(),
             http2_max_streams: default_http2_max_streams(),
             max_request_head: default_max_request_head(),
+            streams_per_agent: default_streams_per_agent(),
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
         }
@@ -398,6 +408,9 @@ impl RelayConfig {
         }
         if self.limits.http2_max_streams == 0 {
             return bad("limits.http2_max_streams", "must be at least 1");
+        }
+        if self.limits.streams_per_agent == 0 {
+            return bad("limits.streams_per_agent", "must be at least 1");
         }
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");

@@ -229,6 +229,7 @@ fn claim_routes(
     agent: &str,
     id: u64,
     conn: &Connection,
+    streams: &Arc<tokio::sync::Semaphore>,
 ) -> Result<Vec<(u32, String)>, Reject> {
     let mut claimed = Vec::new();
     for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Http) {
@@ -259,6 +260,7 @@ fn claim_routes(
                         .unwrap_or_else(|| proto::HttpOptions::new("")),
                 ),
                 pool: Arc::default(),
+                streams: streams.clone(),
             },
         );
         let port = match shared.https_port {
@@ -344,7 +346,13 @@ async fn run_session(
         Err(r) => return send_reject(&conn, &mut ctrl, r).await,
     };
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let routes = match claim_routes(&shared, &hello, &claims.sub, id, &conn) {
+    // One budget of agent streams for everything this session carries (requests, pooled
+    // connections, tcp visitors): a flood on one hostname cannot take the agent's QUIC
+    // stream limit for itself and the relay never queues unbounded work for one agent.
+    let streams = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.limits.streams_per_agent,
+    ));
+    let routes = match claim_routes(&shared, &hello, &claims.sub, id, &conn, &streams) {
         Ok(r) => r,
         Err(r) => return send_reject(&conn, &mut ctrl, r).await,
     };
@@ -400,6 +408,7 @@ async fn run_session(
                 shared.clone(),
                 b,
                 conn.clone(),
+                streams.clone(),
                 cancel.clone(),
                 tasks.clone(),
             )

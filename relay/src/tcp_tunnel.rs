@@ -17,6 +17,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     bound: Bound,
     conn: Connection,
+    streams: Arc<Semaphore>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -39,6 +40,10 @@ pub(crate) async fn serve(
             tracing::warn!(visitor.addr = %peer, "connection limit reached for this tunnel; refusing");
             continue;
         };
+        let Ok(stream) = streams.clone().try_acquire_owned() else {
+            tracing::warn!(visitor.addr = %peer, "stream limit reached for this agent; refusing");
+            continue;
+        };
         let span = tracing::debug_span!("visitor", visitor.addr = %peer);
         let conn = conn.clone();
         let shared = shared.clone();
@@ -47,7 +52,7 @@ pub(crate) async fn serve(
         tasks.spawn(
             async move {
                 visitor(&shared, conn, tunnel, sock, tls).await;
-                drop(permit);
+                drop((permit, stream));
             }
             .instrument(span),
         );

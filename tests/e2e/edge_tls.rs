@@ -460,3 +460,64 @@ async fn a_request_lost_on_a_stale_connection_is_retried_when_safe() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_stream_budget_bounds_requests_in_flight() {
+    let (relay, agent, _nvr) = limited(|c| {
+        c.limits.streams_per_agent = 2;
+        c.limits.connect_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let get = |path: &'static str| {
+        Request::builder()
+            .uri(path)
+            .header("host", "cam.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let a = https_request(
+        &relay,
+        "cam.relay.localhost",
+        false,
+        get("/mjpeg?fps=10&size=100"),
+    )
+    .await;
+    let b = https_request(
+        &relay,
+        "cam.relay.localhost",
+        false,
+        get("/mjpeg?fps=10&size=100"),
+    )
+    .await;
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    // Both streams are busy: a third request waits connect_timeout, then 504.
+    let t0 = std::time::Instant::now();
+    let c = https_request(&relay, "cam.relay.localhost", false, get("/api/request")).await;
+    assert_eq!(c.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(3));
+    // One stream ends: requests flow again (and idle kept-alive ones never block a new one).
+    drop(a);
+    for _ in 0..3 {
+        let r = status_once_unblocked(&relay, get).await;
+        assert_eq!(r, StatusCode::OK);
+    }
+    drop(b);
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// Retry a request for up to 5 s until it is not a 504 (a freed stream is returned by a task).
+async fn status_once_unblocked(
+    relay: &TestRelay,
+    get: impl Fn(&'static str) -> Request<Full<Bytes>>,
+) -> StatusCode {
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = https_request(relay, "cam.relay.localhost", false, get("/api/request")).await;
+        if r.status() != StatusCode::GATEWAY_TIMEOUT
+            || t0.elapsed() > std::time::Duration::from_secs(5)
+        {
+            return r.status();
+        }
+    }
+}

@@ -40,6 +40,8 @@ pub(crate) struct Route {
     pub(crate) opts: Arc<HttpOptions>,
     /// Idle connections to the target, for reuse.
     pub(crate) pool: Arc<Pool>,
+    /// The agent's stream budget (`limits.streams_per_agent`), shared by its routes.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Idle HTTP/1.1 connections to one route's target, each an agent stream whose TCP connection
@@ -48,7 +50,8 @@ pub(crate) struct Route {
 /// (agent gone), after [`POOL_IDLE_FOR`] unused, or when the recorder closes them.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    idle: std::sync::Mutex<Vec<(Sender, std::time::Instant)>>,
+    idle: std::sync::Mutex<Vec<(u64, Sender, std::time::Instant)>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
@@ -62,7 +65,7 @@ const POOL_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(4);
 impl Pool {
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some((s, at)) = idle.pop() {
+        while let Some((_, s, at)) = idle.pop() {
             if at.elapsed() < POOL_IDLE_FOR && s.is_ready() {
                 return Some(s);
             }
@@ -70,12 +73,28 @@ impl Pool {
         None
     }
 
-    fn put(&self, s: Sender) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|(s, at)| at.elapsed() < POOL_IDLE_FOR && !s.is_closed());
-            if idle.len() < POOL_MAX_IDLE {
-                idle.push((s, std::time::Instant::now()));
+    /// Keep `s` for reuse; it is dropped (closing its agent stream) if still idle after
+    /// [`POOL_IDLE_FOR`].
+    async fn put(self: Arc<Self>, s: Sender) {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.idle.lock() {
+            Ok(mut idle) if idle.len() < POOL_MAX_IDLE => {
+                idle.push((id, s, std::time::Instant::now()))
             }
+            _ => return,
+        }
+        tokio::time::sleep(POOL_IDLE_FOR).await;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(i, _, _)| *i != id);
+        }
+    }
+
+    /// Drop every idle connection (their agent streams are wanted for new requests).
+    fn clear(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
         }
     }
 }
@@ -269,6 +288,25 @@ async fn connect(
     v: &Visitor,
     route: &Route,
 ) -> Result<Sender, Box<Response<Body>>> {
+    let limit = shared.config.limits.connect_timeout;
+    let permit = match route.streams.clone().try_acquire_owned() {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            // At the agent's stream budget: idle kept-alive connections give theirs back.
+            route.pool.clear();
+            tokio::time::timeout(limit, route.streams.clone().acquire_owned())
+                .await
+                .map_err(|_| ())
+                .and_then(|r| r.map_err(|_| ()))
+        }
+    };
+    let Ok(permit) = permit else {
+        return Err(Box::new(page(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Gateway timeout",
+            "Too many requests are in progress to this recorder; try again in a moment.",
+        )));
+    };
     let stream = open_stream(shared, v, route).await?;
     // Recorders write sloppy HTTP: be lenient with what they answer (bare LF line ends,
     // duplicate headers and close-delimited bodies are fine for hyper already). Request
@@ -297,6 +335,7 @@ async fn connect(
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("target connection: {e}");
         }
+        drop(permit);
     });
     Ok(sender)
 }
@@ -387,7 +426,7 @@ async fn forward(
         let pool = route.pool.clone();
         v.tasks.spawn(async move {
             if sender.ready().await.is_ok() {
-                pool.put(sender);
+                pool.put(sender).await;
             }
         });
     }
