@@ -79,11 +79,7 @@ pub(crate) async fn run(store: Arc<CertStore>, config: RelayConfig, shutdown: Ca
         }
         if let Some(acct) = &account {
             for host in store.wanted() {
-                let now = SystemTime::now();
-                if store
-                    .get(&host)
-                    .is_some_and(|c| c.remaining(now) > RENEW_BEFORE)
-                {
+                if !due(store.get(&host).as_ref(), SystemTime::now()) {
                     continue;
                 }
                 if let Some((_, at)) = retry.get(&host) {
@@ -139,6 +135,11 @@ pub(crate) async fn run(store: Arc<CertStore>, config: RelayConfig, shutdown: Ca
             _ = tokio::time::sleep_until(next) => {}
         }
     }
+}
+
+/// Does a name with certificate `cert` need an order now?
+fn due(cert: Option<&Cert>, now: SystemTime) -> bool {
+    cert.is_none_or(|c| c.remaining(now) <= RENEW_BEFORE)
 }
 
 /// ±10 % so that many relays (and restarts) do not renew in lockstep.
@@ -291,6 +292,25 @@ mod tests {
         for bad in ["", "../x", "a/b", "a%2eb", "a\\b", "a\0", &"a".repeat(300)] {
             assert!(!valid_token(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn renewal_is_due_30_days_before_expiry() {
+        let ca = tempfile::tempdir().unwrap();
+        let store_cert = |days: u64| {
+            // A certificate issued now for 90 days, looked at `days` later.
+            let c = certs::tests_support::dev_cert(ca.path(), "cam.example.com");
+            (c, SystemTime::now() + Duration::from_secs(days * 86400))
+        };
+        assert!(due(None, SystemTime::now()));
+        let (c, at) = store_cert(0);
+        assert!(!due(Some(&c), at), "fresh");
+        let (c, at) = store_cert(59);
+        assert!(!due(Some(&c), at), "31 days left");
+        let (c, at) = store_cert(61);
+        assert!(due(Some(&c), at), "29 days left");
+        let (c, at) = store_cert(100);
+        assert!(due(Some(&c), at), "expired");
     }
 
     #[test]

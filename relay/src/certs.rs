@@ -392,6 +392,16 @@ impl DevCa {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A 90-day certificate for `host` from a development CA kept in `dir`.
+    pub(crate) fn dev_cert(dir: &Path, host: &str) -> Cert {
+        DevCa::load_or_create(dir).unwrap().issue(host).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
