@@ -16,6 +16,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{free_port, median};
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -36,25 +39,6 @@ const FRAMES: usize = 200;
 const FRAME_BYTES: usize = 30_000;
 const FPS: u64 = 50;
 const GRID: usize = 16;
-
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 4000) as u16 * 2;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4000;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", p));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", p));
-        if tcp.is_ok() && udp.is_ok() {
-            return p;
-        }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

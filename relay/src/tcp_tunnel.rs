@@ -65,21 +65,11 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     };
     // TLS first, so a visitor that never finishes its handshake costs no agent stream.
     let sock = if tls {
-        match tokio::time::timeout(
-            shared.config.limits.visitor_handshake_timeout,
-            tokio_rustls::TlsAcceptor::from(shared.tunnel_tls.clone()).accept(sock),
-        )
-        .await
-        {
-            Ok(Ok(s)) => Visitor::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!("TLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake timed out");
-                return;
-            }
+        let acceptor = tokio_rustls::TlsAcceptor::from(shared.tunnel_tls.clone());
+        let limit = shared.config.limits.visitor_handshake_timeout;
+        match crate::http::accept_tls(&acceptor, sock, limit).await {
+            Some(s) => Visitor::Tls(Box::new(s)),
+            None => return,
         }
     } else {
         Visitor::Plain(sock)

@@ -8,6 +8,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
+/// A relay (adjusted by `f`) whose `cam.relay.localhost` is public, and an agent publishing
+/// `target` there.
+async fn cam_relay(
+    target: std::net::SocketAddr,
+    f: impl FnOnce(&mut relay::RelayConfig),
+) -> (TestRelay, TestAgent) {
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        });
+        f(c)
+    })
+    .await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    (relay, agent)
+}
+
+/// [`cam_relay`] serving a fake NVR.
+async fn limited(f: impl FnOnce(&mut relay::RelayConfig)) -> (TestRelay, TestAgent, Nvr) {
+    let nvr = Nvr::start().await;
+    let (relay, agent) = cam_relay(nvr.addr, f).await;
+    (relay, agent, nvr)
+}
+
 /// Send `head` to the plain-HTTP listener and return the response head.
 async fn plain(relay: &TestRelay, head: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(relay.http).await.unwrap();
@@ -166,19 +195,7 @@ async fn websocket_over_http2_extended_connect() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio_tungstenite::tungstenite::{protocol::Role, Message};
 
-    let nvr = Nvr::start().await;
-    let relay = TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        })
-    })
-    .await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", nvr.addr)
-        .start()
-        .await;
-    agent.connected().await;
+    let (relay, agent, _nvr) = limited(|_| {}).await;
     let tls = tls_connect(&relay, "cam.relay.localhost", b"h2").await;
     let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(tls))
@@ -227,25 +244,6 @@ async fn websocket_over_http2_extended_connect() {
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     agent.stop().await;
     relay.stop().await;
-}
-
-/// A relay with short visitor limits and `cam.relay.localhost` public, serving a fake NVR.
-async fn limited(f: impl FnOnce(&mut relay::RelayConfig)) -> (TestRelay, TestAgent, Nvr) {
-    let nvr = Nvr::start().await;
-    let relay = TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        });
-        f(c)
-    })
-    .await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", nvr.addr)
-        .start()
-        .await;
-    agent.connected().await;
-    (relay, agent, nvr)
 }
 
 #[tokio::test]
@@ -430,18 +428,7 @@ async fn a_request_lost_on_a_stale_connection_is_retried_when_safe() {
         let _ = s.read(&mut buf).await;
     })
     .await;
-    let relay = TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        })
-    })
-    .await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", target)
-        .start()
-        .await;
-    agent.connected().await;
+    let (relay, agent) = cam_relay(target, |_| {}).await;
     let req = |method: &str| {
         Request::builder()
             .method(method)

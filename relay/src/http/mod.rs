@@ -83,6 +83,25 @@ pub(crate) async fn serve(
     }
 }
 
+/// A visitor's TLS handshake, bounded by `limit`; `None` (logged) when it fails or is too slow.
+pub(crate) async fn accept_tls(
+    acceptor: &TlsAcceptor,
+    sock: TcpStream,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
 async fn connection(
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
@@ -94,18 +113,9 @@ async fn connection(
     let _ = sock.set_nodelay(true);
     let Ok(local) = sock.local_addr() else { return };
     let limits = shared.config.limits.clone();
-    let tls =
-        match tokio::time::timeout(limits.visitor_handshake_timeout, acceptor.accept(sock)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                tracing::debug!("TLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("TLS handshake timed out");
-                return;
-            }
-        };
+    let Some(tls) = accept_tls(&acceptor, sock, limits.visitor_handshake_timeout).await else {
+        return;
+    };
     if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
         // A tls-alpn-01 validation: the handshake was the whole answer.
         tracing::debug!("answered a tls-alpn-01 validation");
