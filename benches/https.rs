@@ -170,12 +170,12 @@ fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
 
 /// Relay + agent publishing `cam.localhost` → `target`; returns the edge port and processes.
 fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
-    let (quic, https, http) = (free_port(), free_port(), free_port());
+    let (quic, https, http, admin) = (free_port(), free_port(), free_port(), free_port());
     std::fs::create_dir_all(dir).unwrap();
     let cfg = dir.join("relay.toml");
     let mut toml = format!(
         "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
-         http = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
+         http = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
          [tls]\nhsts = false\n",
         dir.join("data").display()
     );

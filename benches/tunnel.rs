@@ -96,6 +96,7 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
 }
 
 fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<&str>) -> System {
+    let admin = free_port();
     let (quic, https, http, sink_port, echo_port) = (
         free_port(),
         free_port(),
@@ -107,7 +108,7 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
     std::fs::write(
         &cfg,
         format!(
-            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n",
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n",
             dir.join("data").display()
         ),
     )

@@ -29,6 +29,8 @@ pub enum Command {
     /// Issue or revoke agent tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the relay's admin API token (created on first use) and where the API listens.
+    AdminToken(RelayRef),
     /// Validate a relay.toml or agent.toml and print the effective settings.
     Check {
         /// The file to check.

@@ -108,6 +108,7 @@ async fn start_parts(
         opts.https_port.unwrap_or(DEFAULT_HTTPS_PORT),
     ));
     config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
     config.limits.shutdown_grace = Duration::from_secs(2);
     config.access.push(AccessRule {
         host: host.clone(),

@@ -53,7 +53,7 @@ while True:
         pass
 PY
 }
-QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port); HTTP=$(free_port)
+QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB=$(free_port); HTTP=$(free_port); ADMIN=$(free_port)
 
 # A web target on python's own http.server: static files (a 100 MiB one among them), an
 # upload sink answering the body's sha256, and endless MJPEG (close-delimited, HTTP/1.0).
@@ -111,6 +111,7 @@ data_dir = "$WORK/data"
 [listen]
 https = "127.0.0.1:$HTTPS"
 http = "127.0.0.1:$HTTP"
+admin = "127.0.0.1:$ADMIN"
 quic = "127.0.0.1:$QUIC"
 tunnels = "127.0.0.1"
 [[access]]
@@ -207,6 +208,13 @@ ok "curl -N reads MJPEG frames as they come over HTTP/1.1 and HTTP/2"
 code=$("${CURL[@]}" -o /dev/null -w '%{http_code}' "https://nobody.relay.localhost:$HTTPS/") || true
 [ "$code" = "404" ] || fail "unknown hostname answered $code, not 404"
 ok "unknown hostname: 404"
+ADMIN_TOKEN=$("$BIN" admin-token --config "$WORK/relay.toml" 2>/dev/null)
+ACURL=(curl -sS --max-time 5 -H "Authorization: Bearer $ADMIN_TOKEN")
+"${ACURL[@]}" "http://127.0.0.1:$ADMIN/api/agents" | grep -q '"name":"home"' || fail "admin API does not list agent home"
+"${ACURL[@]}" "http://127.0.0.1:$ADMIN/metrics" | grep -q '^periscope_agents_connected 1' || fail "metrics: agents_connected is not 1"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$ADMIN/api/agents")
+[ "$code" = "401" ] || fail "admin API without the token answered $code"
+ok "admin API (token from periscope admin-token): agents and metrics; 401 without the token"
 if grep -q "$TOKEN" "$WORK"/*.log; then fail "the token appears in a log"; fi
 ok "the token never appears in the logs"
 

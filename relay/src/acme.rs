@@ -26,7 +26,9 @@ use tracing::Instrument;
 use crate::{
     certs::{self, Cert, CertStore},
     config::{AcmeChallenge, TlsConfig},
-    identity, RelayConfig, RelayError,
+    identity,
+    metrics::ResultLabel,
+    RelayError,
 };
 
 /// Renew when less than this is left (Let's Encrypt's advice for 90-day certificates).
@@ -56,7 +58,10 @@ struct AccountFile {
 }
 
 /// Keep certificates for every wanted name until `shutdown`.
-pub(crate) async fn run(store: Arc<CertStore>, config: RelayConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken) {
+    let store = shared.certs.clone();
+    let config = shared.config.clone();
+    let metrics = &shared.metrics;
     let dir = certs::acme_dir(&config);
     let mut account: Option<Account> = None;
     let mut retry: HashMap<String, (u32, Instant)> = HashMap::new();
@@ -106,8 +111,20 @@ pub(crate) async fn run(store: Arc<CertStore>, config: RelayConfig, shutdown: Ca
                         );
                         store.insert(&host, cert);
                         retry.remove(&host);
+                        metrics
+                            .acme_orders
+                            .get_or_create(&ResultLabel {
+                                result: "ok".into(),
+                            })
+                            .inc();
                     }
                     Err(e) => {
+                        metrics
+                            .acme_orders
+                            .get_or_create(&ResultLabel {
+                                result: "failed".into(),
+                            })
+                            .inc();
                         let failures = retry.get(&host).map_or(0, |r| r.0) + 1;
                         let wait = RETRY_FIRST
                             .saturating_mul(3u32.saturating_pow(failures - 1))

@@ -65,6 +65,9 @@ pub struct ListenConfig {
     /// challenges.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
+    /// Admin API, Prometheus metrics and status page (loopback only; bearer token).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
     /// IP address on which tcp/udp tunnel ports open.
     #[serde(default = "default_tunnels")]
     pub tunnels: IpAddr,
@@ -79,6 +82,9 @@ fn default_quic() -> SocketAddr {
 fn default_http() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 80))
 }
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
 fn default_tunnels() -> IpAddr {
     IpAddr::from([0, 0, 0, 0])
 }
@@ -89,6 +95,7 @@ impl Default for ListenConfig {
             https: default_https(),
             quic: default_quic(),
             http: default_http(),
+            admin: default_admin(),
             tunnels: default_tunnels(),
         }
     }
@@ -349,6 +356,7 @@ impl RelayConfig {
                 https: SocketAddr::from(([127, 0, 0, 1], 8443)),
                 quic: SocketAddr::from(([127, 0, 0, 1], 4443)),
                 http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                admin: default_admin(),
                 tunnels: IpAddr::from([127, 0, 0, 1]),
             },
             tls: TlsConfig {
@@ -375,6 +383,12 @@ impl RelayConfig {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls", "set both cert and key, or neither");
+        }
+        if !self.listen.admin.ip().is_loopback() {
+            return bad(
+                "listen.admin",
+                "the admin API listens on loopback only (reach it from elsewhere with an SSH tunnel)",
+            );
         }
         if self.tls.cert.is_some() && self.tls.acme_email.is_some() {
             return bad("tls", "use certificate files or acme_email, not both");

@@ -15,11 +15,13 @@
 //! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
 
 mod acme;
+pub mod admin;
 mod certs;
 pub mod config;
 pub mod error;
 mod http;
 pub mod identity;
+mod metrics;
 pub mod registry;
 mod session;
 mod tcp_tunnel;
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<certs::CertStore>,
     /// TLS for tcp tunnels with `tls = true` (certificates by SNI, no ALPN).
     pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
+    /// Prometheus metrics.
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -62,6 +66,8 @@ pub struct Relay {
     https: tokio::net::TcpListener,
     https_tls: Arc<rustls::ServerConfig>,
     http: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    admin_token: String,
     fingerprint: String,
 }
 
@@ -96,6 +102,8 @@ impl Relay {
         };
         let https = bind(config.listen.https).await?;
         let http = bind(config.listen.http).await?;
+        let admin = bind(config.listen.admin).await?;
+        let admin_token = admin::load_or_create_token(&config)?;
         let https_port = https
             .local_addr()
             .map_or(config.listen.https.port(), |a| a.port());
@@ -139,12 +147,15 @@ impl Relay {
                 offline: dashmap::DashMap::new(),
                 https_port,
                 tunnel_tls: Arc::new(tunnel_tls),
+                metrics: metrics::Metrics::default(),
                 certs: store,
             }),
             endpoint,
             https,
             https_tls: Arc::new(https_tls),
             http,
+            admin,
+            admin_token,
             fingerprint: id.fingerprint,
         })
     }
@@ -168,6 +179,18 @@ impl Relay {
         self.http
             .local_addr()
             .unwrap_or(self.shared.config.listen.http)
+    }
+
+    /// The admin API address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .unwrap_or(self.shared.config.listen.admin)
+    }
+
+    /// The admin API's bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// The development CA visitors can trust (`--cacert`), when the relay uses one.
@@ -197,6 +220,7 @@ impl Relay {
         let https_addr = self.https_addr();
         let quic_addr = self.quic_addr();
         let self_http = self.http_addr();
+        let admin_addr = self.admin_addr();
         let shared = self.shared.clone();
         tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
         let handshakes = Arc::new(tokio::sync::Semaphore::new(
@@ -209,6 +233,12 @@ impl Relay {
             shutdown.clone(),
             tracker.clone(),
         ));
+        tracker.spawn(admin::serve(
+            shared.clone(),
+            self.admin,
+            self.admin_token,
+            shutdown.clone(),
+        ));
         tracker.spawn(http::plain::serve(
             shared.clone(),
             self.http,
@@ -216,13 +246,9 @@ impl Relay {
             tracker.clone(),
         ));
         if shared.certs.source() == config::CertSource::Acme {
-            tracker.spawn(acme::run(
-                shared.certs.clone(),
-                shared.config.clone(),
-                shutdown.clone(),
-            ));
+            tracker.spawn(acme::run(shared.clone(), shutdown.clone()));
         }
-        tracing::info!(quic = %quic_addr, https = %https_addr, http = %self_http, fingerprint = %self.fingerprint, "relay ready");
+        tracing::info!(quic = %quic_addr, https = %https_addr, http = %self_http, admin = %admin_addr, fingerprint = %self.fingerprint, "relay ready");
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,

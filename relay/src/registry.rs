@@ -13,6 +13,8 @@ pub struct SessionInfo {
     pub id: u64,
     /// Agent name.
     pub agent: String,
+    /// Agent software version (from its Hello).
+    pub version: String,
     /// Token id.
     pub jti: String,
     /// Token expiry (unix seconds).
@@ -45,6 +47,16 @@ impl SessionInfo {
     pub fn transport(&self) -> proto::transport::TransportKind {
         self.conn.kind()
     }
+
+    /// The agent's address as the relay sees it.
+    pub fn remote_addr(&self) -> std::net::SocketAddr {
+        self.conn.remote_addr()
+    }
+
+    /// Current round-trip time estimate.
+    pub fn rtt(&self) -> std::time::Duration {
+        self.conn.rtt()
+    }
 }
 
 /// Sessions by agent name.
@@ -67,6 +79,11 @@ impl Registry {
     /// True when no agent is connected.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.iter().map(|e| e.value().clone()).collect()
     }
 
     /// Names of connected agents.

@@ -89,7 +89,7 @@ pub(crate) async fn handle_incoming(
 
     let claims = match authorize(&shared, &hello) {
         Ok(c) => c,
-        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+        Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
     drop(handshake_permit);
     let span = tracing::info_span!("session", agent = %claims.sub);
@@ -98,8 +98,11 @@ pub(crate) async fn handle_incoming(
         .await
 }
 
-async fn send_reject(conn: &Connection, ctrl: &mut BiStream, r: Reject) {
+async fn send_reject(shared: &Shared, conn: &Connection, ctrl: &mut BiStream, r: Reject) {
     tracing::warn!("agent rejected: {}: {}", r.reason, r.detail);
+    shared
+        .metrics
+        .handshake(format!("{:?}", r.reason).to_ascii_lowercase());
     let _ = write_frame(&mut ctrl.send, &Control::Reject(r)).await;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut ctrl.send).await;
     // Let the Reject reach the agent (it closes on reading it) before closing ourselves.
@@ -343,7 +346,7 @@ async fn run_session(
     }
     let bound = match bind_tunnels(&shared, &hello).await {
         Ok(b) => b,
-        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+        Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     // One budget of agent streams for everything this session carries (requests, pooled
@@ -354,7 +357,7 @@ async fn run_session(
     ));
     let routes = match claim_routes(&shared, &hello, &claims.sub, id, &conn, &streams) {
         Ok(r) => r,
-        Err(r) => return send_reject(&conn, &mut ctrl, r).await,
+        Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
     let welcome = Welcome {
         session: id,
@@ -376,6 +379,7 @@ async fn run_session(
         release_routes(&shared, id);
         return;
     }
+    shared.metrics.handshake("ok");
     let tasks = TaskTracker::new();
     let cancel = CancellationToken::new();
     let public: Vec<String> = bound
@@ -394,6 +398,7 @@ async fn run_session(
     shared.registry.insert(SessionInfo {
         id,
         agent: claims.sub.clone(),
+        version: hello.agent_version.clone(),
         jti: claims.jti.clone(),
         exp: claims.exp,
         public,

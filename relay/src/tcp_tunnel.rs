@@ -44,6 +44,11 @@ pub(crate) async fn serve(
             tracing::warn!(visitor.addr = %peer, "stream limit reached for this agent; refusing");
             continue;
         };
+        shared
+            .metrics
+            .visitor_connections
+            .get_or_create(&crate::metrics::ListenerLabel { listener: "tcp" })
+            .inc();
         let span = tracing::debug_span!("visitor", visitor.addr = %peer);
         let conn = conn.clone();
         let shared = shared.clone();
@@ -77,6 +82,7 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     let open_timeout = shared.config.limits.connect_timeout;
     let opened = tokio::time::timeout(open_timeout, async {
         let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
+        shared.metrics.agent_streams_opened.inc();
         let open = StreamOpen {
             tunnel,
             visitor,
@@ -118,7 +124,16 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
         }
     };
     match copied {
-        Ok((up, down)) => tracing::debug!(up, down, "visitor connection done"),
+        Ok((up, down)) => {
+            for (direction, n) in [("up", up), ("down", down)] {
+                shared
+                    .metrics
+                    .tcp_bytes
+                    .get_or_create(&crate::metrics::DirectionLabel { direction })
+                    .inc_by(n);
+            }
+            tracing::debug!(up, down, "visitor connection done")
+        }
         Err(e) => tracing::debug!("visitor connection aborted: {e}"),
     }
 }

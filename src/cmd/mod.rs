@@ -15,6 +15,16 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Token(cmd) => token::run(cmd),
+        Command::AdminToken(r) => {
+            let config = relay::config_of_ref(&r)?;
+            let token = ::relay::admin::load_or_create_token(&config)?;
+            eprintln!(
+                "admin API on http://{a}/ (status page: http://{a}/#TOKEN)",
+                a = config.listen.admin
+            );
+            println!("{token}");
+            Ok(())
+        }
         Command::Check { config } => check::run(&config),
     }
 }

@@ -92,6 +92,9 @@ pub struct TestRelay {
     pub https: SocketAddr,
     /// The plain-HTTP listener (redirects, ACME http-01).
     pub http: SocketAddr,
+    /// The admin API and its bearer token.
+    pub admin: SocketAddr,
+    pub admin_token: String,
     pub fingerprint: String,
     pub config: RelayConfig,
     keys: relay::TokenKeys,
@@ -136,6 +139,7 @@ impl TestRelay {
         config.listen.quic = quic;
         config.listen.https = "127.0.0.1:0".parse().unwrap();
         config.listen.http = "127.0.0.1:0".parse().unwrap();
+        config.listen.admin = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
         f(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,19 +156,28 @@ impl TestRelay {
             let relay = Relay::bind(cfg).await.expect("relay bind");
             let keys = relay.keys().clone();
             let _ = ready_tx.send((
-                [relay.quic_addr(), relay.https_addr(), relay.http_addr()],
+                [
+                    relay.quic_addr(),
+                    relay.https_addr(),
+                    relay.http_addr(),
+                    relay.admin_addr(),
+                ],
                 relay.fingerprint().to_string(),
+                relay.admin_token().to_string(),
                 keys,
             ));
             relay.run(token).await.expect("relay run");
             let _ = done_tx.send(());
         });
-        let ([addr, https, http], fingerprint, keys) = ready_rx.await.expect("relay started");
+        let ([addr, https, http, admin], fingerprint, admin_token, keys) =
+            ready_rx.await.expect("relay started");
         config.listen.quic = addr;
         TestRelay {
             addr,
             https,
             http,
+            admin,
+            admin_token,
             fingerprint,
             config,
             keys,

@@ -51,6 +51,7 @@ data_dir = "$A/$1-data"
 [listen]
 https = "127.0.0.1:$3"
 http = "127.0.0.1:$4"
+admin = "127.0.0.1:$(free_port)"
 quic = "127.0.0.1:$quic"
 tunnels = "127.0.0.1"
 [tls]

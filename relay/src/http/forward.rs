@@ -240,6 +240,7 @@ async fn open_stream(
             .open_bi()
             .await
             .map_err(|e| bad_gateway(format!("The recorder's agent is unreachable ({e}).")))?;
+        shared.metrics.agent_streams_opened.inc();
         let open = StreamOpen {
             tunnel: route.tunnel,
             visitor: v.peer,

@@ -68,6 +68,11 @@ pub(crate) async fn serve(
                 }
             },
         };
+        shared
+            .metrics
+            .visitor_connections
+            .get_or_create(&crate::metrics::ListenerLabel { listener: "https" })
+            .inc();
         let span = tracing::debug_span!("visitor", visitor.addr = %peer);
         tasks.spawn(
             connection(
@@ -139,7 +144,22 @@ async fn connection(
         let ctx = ctx.clone();
         async move {
             let hsts = shared.config.tls.hsts;
-            let mut resp = forward::handle(shared, ctx, req).await;
+            let started = std::time::Instant::now();
+            // Label by hostname only when it is routed: the label set stays bounded.
+            let host = forward::request_host(&req)
+                .ok()
+                .filter(|h| shared.routes.contains_key(h))
+                .unwrap_or_else(|| "other".into());
+            let mut resp = forward::handle(shared.clone(), ctx, req).await;
+            let m = &shared.metrics;
+            m.http_response_seconds
+                .observe(started.elapsed().as_secs_f64());
+            m.http_responses
+                .get_or_create(&crate::metrics::HttpLabels {
+                    host,
+                    code: resp.status().as_u16(),
+                })
+                .inc();
             if hsts {
                 resp.headers_mut()
                     .entry(http::header::STRICT_TRANSPORT_SECURITY)

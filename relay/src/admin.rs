@@ -1,0 +1,224 @@
+//! The admin listener (axum): a JSON API, Prometheus `/metrics`, `/healthz` and a status page.
+//!
+//! It binds loopback only (an SSH tunnel reaches it from elsewhere) and every route but the
+//! status page's static shell needs `Authorization: Bearer TOKEN`, the admin token kept in
+//! `DATA_DIR/admin.token` (0600, created on first start; `periscope admin-token` prints it).
+//! The shell holds no data: it reads the token from the URL fragment (never sent to a server)
+//! and calls the API with it. No cookies, so no CSRF.
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{identity, RelayConfig, RelayError, Shared};
+
+/// Path of the admin token.
+pub fn token_path(config: &RelayConfig) -> PathBuf {
+    config.data_dir.join("admin.token")
+}
+
+/// The admin token, created (random, 0600) on first use.
+pub fn load_or_create_token(config: &RelayConfig) -> Result<String, RelayError> {
+    let path = token_path(config);
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    identity::ensure_data_dir(&config.data_dir)?;
+    let t = identity::random_hex(32)?;
+    identity::write_private(&path, t.as_bytes())?;
+    tracing::info!(path = %path.display(), "created the admin API token");
+    Ok(t)
+}
+
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<Shared>,
+    /// SHA-256 of the token: requests are compared digest to digest, so the comparison's
+    /// timing says nothing about the token.
+    token_digest: Arc<[u8]>,
+}
+
+fn digest(s: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, s)
+        .as_ref()
+        .to_vec()
+}
+
+/// Serve the admin API on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    token: String,
+    shutdown: CancellationToken,
+) {
+    let state = AdminState {
+        shared,
+        token_digest: digest(token.as_bytes()).into(),
+    };
+    let api = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/agents", get(agents))
+        .route("/api/tunnels", get(tunnels))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    let app = Router::new()
+        .route("/", get(|| async { Html(STATUS_PAGE) }))
+        .merge(api)
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::warn!("admin listener failed: {e}");
+    }
+}
+
+async fn auth(State(st): State<AdminState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| digest(t.trim().as_bytes()));
+    if given.as_deref() == Some(&st.token_digest[..]) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "admin token required (periscope admin-token)\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
+    let s = &st.shared;
+    s.metrics
+        .agents_connected
+        .set(i64::try_from(s.registry.len()).unwrap_or(i64::MAX));
+    s.metrics
+        .http_routes
+        .set(i64::try_from(s.routes.len()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}
+
+/// One connected agent.
+#[derive(Serialize)]
+struct AgentView {
+    name: String,
+    version: String,
+    session: u64,
+    transport: String,
+    remote: String,
+    connected_since: String,
+    connected_secs: u64,
+    rtt_ms: f64,
+    tunnels: Vec<String>,
+    token_id: String,
+    token_expires: String,
+}
+
+async fn agents(State(st): State<AdminState>) -> Json<Vec<AgentView>> {
+    let now = SystemTime::now();
+    let mut out: Vec<AgentView> = st
+        .shared
+        .registry
+        .sessions()
+        .into_iter()
+        .map(|s| AgentView {
+            name: s.agent.clone(),
+            version: s.version.clone(),
+            session: s.id,
+            transport: s.transport().to_string(),
+            remote: s.remote_addr().to_string(),
+            connected_since: humantime::format_rfc3339_seconds(s.since).to_string(),
+            connected_secs: now.duration_since(s.since).map_or(0, |d| d.as_secs()),
+            rtt_ms: s.rtt().as_secs_f64() * 1000.0,
+            tunnels: s.public.clone(),
+            token_id: s.jti.clone(),
+            token_expires: humantime::format_rfc3339_seconds(
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s.exp),
+            )
+            .to_string(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(out)
+}
+
+/// One published tunnel.
+#[derive(Serialize)]
+struct TunnelView {
+    agent: String,
+    public: String,
+}
+
+async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
+    let mut out: Vec<TunnelView> = st
+        .shared
+        .registry
+        .sessions()
+        .into_iter()
+        .flat_map(|s| {
+            let agent = s.agent.clone();
+            s.public.into_iter().map(move |public| TunnelView {
+                agent: agent.clone(),
+                public,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.public.cmp(&b.public));
+    Json(out)
+}
+
+/// The status page: static, no third-party assets; polls the API with the token from the URL
+/// fragment (`http://127.0.0.1:9090/#TOKEN`).
+const STATUS_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>Periscope relay</title>
+<style>body{font-family:system-ui,sans-serif;margin:1rem auto;max-width:60rem;padding:0 1rem;color:#222}
+table{border-collapse:collapse;width:100%;margin-bottom:1.5rem}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;font-size:.9rem}
+th{background:#f4f4f4}.ok{color:#180}.err{color:#b00}code{font-size:.85rem}</style></head>
+<body><h1>Periscope relay</h1><p id="state">loading…</p>
+<h2>Agents</h2><table id="agents"><tr><th>agent</th><th>transport</th><th>address</th><th>RTT</th><th>connected</th><th>tunnels</th></tr></table>
+<script>
+const token = decodeURIComponent(location.hash.slice(1));
+const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+function dur(s){const h=Math.floor(s/3600),m=Math.floor(s%3600/60);return h?h+" h "+m+" min":m?m+" min":s+" s";}
+async function tick(){
+  const st=document.getElementById("state");
+  if(!token){st.innerHTML='Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).';return;}
+  try{
+    const r=await fetch("/api/agents",{headers:{Authorization:"Bearer "+token}});
+    if(!r.ok){st.className="err";st.textContent="API answered "+r.status;return;}
+    const agents=await r.json();
+    st.className="ok";st.textContent=agents.length+" agent(s) connected · updated "+new Date().toLocaleTimeString();
+    const t=document.getElementById("agents");
+    t.querySelectorAll("tr.row").forEach(e=>e.remove());
+    for(const a of agents){
+      const tr=document.createElement("tr");tr.className="row";
+      tr.innerHTML="<td>"+esc(a.name)+" <small>"+esc(a.version)+"</small></td><td>"+esc(a.transport)+"</td><td>"+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+"</td><td>"+a.tunnels.map(u=>"<code>"+esc(u)+"</code>").join("<br>")+"</td>";
+      t.appendChild(tr);
+    }
+  }catch(e){st.className="err";st.textContent="relay unreachable: "+e;}
+}
+tick();setInterval(tick,2000);
+</script></body></html>"#;

@@ -1,0 +1,118 @@
+//! The admin listener: bearer token on every API route, agents and tunnels as JSON,
+//! Prometheus metrics that move with traffic, a status page shell.
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::common::*;
+
+/// GET `path` on the admin listener with an optional bearer token: status and body.
+async fn admin_get(relay: &TestRelay, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    let tcp = tokio::net::TcpStream::connect(relay.admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(path).header("host", "127.0.0.1");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).to_string())
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_token_and_shows_agents_and_metrics() {
+    let nvr = Nvr::start().await;
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(relay::config::AccessRule {
+            host: "cam.relay.localhost".into(),
+            public: true,
+        })
+    })
+    .await;
+    assert!(relay.admin.ip().is_loopback());
+    let token = relay.admin_token.clone();
+    for path in ["/api/agents", "/api/tunnels", "/metrics", "/healthz"] {
+        assert_eq!(
+            admin_get(&relay, path, None).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            admin_get(&relay, path, Some("not-the-token")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    // The status page shell holds no data and loads without the token.
+    let (code, page) = admin_get(&relay, "/", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(page.contains("Periscope relay"));
+
+    let (code, body) = admin_get(&relay, "/api/agents", Some(&token)).await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "[]"));
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    let (_, body) = admin_get(&relay, "/api/agents", Some(&token)).await;
+    let agents: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(agents[0]["name"], "cam");
+    assert_eq!(agents[0]["transport"], "quic");
+    assert_eq!(
+        agents[0]["tunnels"][0],
+        format!("https://cam.relay.localhost:{}", relay.https.port())
+    );
+    assert!(agents[0]["rtt_ms"].as_f64().unwrap() >= 0.0);
+    let (_, body) = admin_get(&relay, "/api/tunnels", Some(&token)).await;
+    assert!(body.contains("cam.relay.localhost"), "{body}");
+
+    // Metrics move with traffic; hostnames that are not routed are not labels.
+    for host in ["cam.relay.localhost", "nothing.relay.localhost"] {
+        let req = Request::builder()
+            .uri("/api/request")
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        https_request(&relay, host, false, req).await;
+    }
+    let (code, text) = admin_get(&relay, "/metrics", Some(&token)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(text.contains("periscope_agents_connected 1"), "{text}");
+    let line = |needle: &[&str]| {
+        text.lines()
+            .find(|l| needle.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in\n{text}"))
+            .to_string()
+    };
+    assert!(line(&[
+        "periscope_http_responses_total{",
+        "host=\"cam.relay.localhost\"",
+        "code=\"200\""
+    ])
+    .ends_with(" 1"));
+    assert!(line(&[
+        "periscope_http_responses_total{",
+        "host=\"other\"",
+        "code=\"404\""
+    ])
+    .ends_with(" 1"));
+    assert!(!text.contains("nothing.relay.localhost"));
+    assert!(line(&["periscope_agent_handshakes_total{", "result=\"ok\""]).ends_with(" 1"));
+    assert!(text.contains("periscope_http_response_seconds_bucket"));
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
