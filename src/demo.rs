@@ -61,6 +61,8 @@ pub struct Demo {
     pub fingerprint: String,
     /// The development CA (PEM) that signed the edge certificate of `host`.
     pub cert_file: PathBuf,
+    /// The relay's status page with its admin token: `http://127.0.0.1:PORT/#TOKEN`.
+    pub admin_url: String,
     /// The camera's HTTP origin (direct, not through the relay).
     pub camera_http: SocketAddr,
     /// The camera's UDP echo (direct).
@@ -128,6 +130,7 @@ async fn start_parts(
     let https = relay.https_addr();
     let quic = relay.quic_addr();
     let fingerprint = relay.fingerprint().to_string();
+    let admin_url = format!("http://{}/#{}", relay.admin_addr(), relay.admin_token());
     let cert_file = relay
         .dev_ca()
         .context("the demo relay has no development CA")?;
@@ -224,6 +227,7 @@ async fn start_parts(
         quic,
         fingerprint,
         cert_file,
+        admin_url,
         camera_http: camera.http_addr(),
         camera_udp: camera.udp_addr(),
         shutdown: token.clone(),
@@ -246,6 +250,7 @@ impl Demo {
                 "check   curl -k --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
                 h = self.host
             ),
+            format!("status  {}", self.admin_url),
             format!("login   none yet: {} is public in the demo;", self.host),
             "        logins arrive with edge access control".to_string(),
             "stop    Ctrl-C".to_string(),

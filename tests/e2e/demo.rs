@@ -78,6 +78,33 @@ async fn demo_serves_page_mjpeg_websocket_and_udp_echo() {
         "{banner}"
     );
     assert!(banner.contains("Ctrl-C"), "{banner}");
+    // The status link carries a working admin token.
+    assert!(banner.contains(&demo.admin_url), "{banner}");
+    let (addr, token) = demo
+        .admin_url
+        .strip_prefix("http://")
+        .and_then(|s| s.split_once("/#"))
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("/api/agents")
+                .header("host", addr)
+                .header("authorization", format!("Bearer {token}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let agents = BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&agents).contains(r#""name":"demo""#),
+        "{agents:?}"
+    );
 
     // The page, through the relay, over HTTP/2 as a browser would.
     let resp = https_request_to(
