@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
 
 echo "interop: building the release binary"
@@ -264,6 +265,26 @@ DCURL=(curl -sk --resolve "cam.localhost:$DEMO_PORT:127.0.0.1")
 frames=$(grep -ac "Content-Type: image/jpeg" "$WORK/demo.mjpeg" || true)
 [ "${frames:-0}" -ge 10 ] || fail "demo /mjpeg: $frames frames in 3 s"
 ok "periscope demo: page and live MJPEG through the edge ($frames frames in 3 s)"
+# A real browser: headless Chromium (`*.localhost` is loopback to it) shows a moving picture
+# (two screenshots differ) and the WebSocket counter; the status page lists the demo agent.
+# Screenshots stay in target/interop/ (CI artifacts).
+SHOTS=target/interop; mkdir -p "$SHOTS"
+CHROME=(timeout 60 chromium --headless --no-sandbox --disable-gpu --window-size=900,700)
+for i in 1 2; do
+  "${CHROME[@]}" --ignore-certificate-errors --screenshot="$SHOTS/demo-$i.png" \
+    "https://cam.localhost:$DEMO_PORT/" >>"$WORK/chromium.log" 2>&1 || fail "chromium screenshot of the demo"
+  sleep 1
+done
+if cmp -s "$SHOTS/demo-1.png" "$SHOTS/demo-2.png"; then fail "the demo picture did not move between screenshots"; fi
+"${CHROME[@]}" --ignore-certificate-errors --virtual-time-budget=3000 --dump-dom \
+  "https://cam.localhost:$DEMO_PORT/" >"$WORK/demo-dom.html" 2>>"$WORK/chromium.log" || true
+grep -q 'WebSocket: frame [0-9]' "$WORK/demo-dom.html" || fail "chromium: the demo's WebSocket counter did not run"
+STATUS_URL=$(grep -o 'http://127.0.0.1:[0-9]*/#[0-9a-f]*' "$WORK/demo.out")
+"${CHROME[@]}" --virtual-time-budget=3000 --screenshot="$SHOTS/status.png" "$STATUS_URL" >>"$WORK/chromium.log" 2>&1 \
+  || fail "chromium screenshot of the status page"
+"${CHROME[@]}" --virtual-time-budget=3000 --dump-dom "$STATUS_URL" >"$WORK/status-dom.html" 2>>"$WORK/chromium.log" || true
+grep -q '1 agent(s) connected' "$WORK/status-dom.html" || fail "chromium: the status page does not show the demo agent"
+ok "chromium: demo picture moves, WebSocket counter runs, status page lists the agent (screenshots in $SHOTS)"
 "${DCURL[@]}" --max-time 20 "https://cam.localhost:$DEMO_PORT/mjpeg" -o /dev/null &
 VIEWER=$!; PIDS+=($VIEWER)
 sleep 0.5
