@@ -67,7 +67,15 @@ pub struct DemoArgs {
 
 /// `periscope agent`
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
+    /// `periscope agent status`: what the running agent is doing.
+    #[command(subcommand)]
+    pub action: Option<AgentAction>,
+    /// Where the running agent keeps its status (default: $XDG_RUNTIME_DIR/periscope-agent.json,
+    /// else /tmp/periscope-agent-UID.json).
+    #[arg(long, env = "PERISCOPE_STATUS_FILE", global = true)]
+    pub status_file: Option<PathBuf>,
     /// agent.toml (flags below override its values).
     #[arg(long, short, env = "PERISCOPE_AGENT_CONFIG")]
     pub config: Option<PathBuf>,
@@ -101,6 +109,14 @@ pub struct AgentArgs {
     /// UDP tunnel NAME=HOST:PORT:REMOTEPORT (repeatable).
     #[arg(long = "udp", value_name = "NAME=ADDR:REMOTEPORT")]
     pub udp: Vec<String>,
+}
+
+/// `periscope agent …` actions.
+#[derive(Debug, Subcommand)]
+pub enum AgentAction {
+    /// Show the running agent's state, transport, last error and public URLs (exit 0 when
+    /// connected, 1 otherwise).
+    Status,
 }
 
 /// `periscope token …`

@@ -92,10 +92,23 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
 
 /// Run the agent until SIGINT/SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let status_file = super::agent_status::path(args.status_file.as_ref());
+    if let Some(crate::cli::AgentAction::Status) = args.action {
+        let connected = super::agent_status::show(&status_file)?;
+        std::process::exit(if connected { 0 } else { 1 });
+    }
     let cfg = config_from(&args)?;
     let shutdown = crate::signal::shutdown_token()?;
     crate::signal::raise_nofile_limit();
     let agent = Agent::new(cfg).await.context("starting the agent")?;
-    agent.run(shutdown).await?;
+    let writer = tokio::spawn(super::agent_status::keep_written(
+        agent.status(),
+        status_file,
+        shutdown.clone(),
+    ));
+    let result = agent.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = writer.await;
+    result?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod agent;
+pub mod agent_status;
 pub mod check;
 pub mod demo;
 pub mod relay;

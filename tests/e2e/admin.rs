@@ -116,3 +116,57 @@ async fn admin_api_needs_the_token_and_shows_agents_and_metrics() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn agent_status_reports_the_running_agent() {
+    let relay = TestRelay::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let exe = env!("CARGO_BIN_EXE_periscope");
+    let port = free_port();
+    let echo = echo_server().await;
+    let mut agent = std::process::Command::new(exe)
+        .args(["agent", "--relay", &relay.addr.to_string()])
+        .args(["--fingerprint", &relay.fingerprint])
+        .args(["--token", &relay.token("home", &[port])])
+        .args(["--tcp", &format!("echo={echo}:{port}")])
+        .arg("--status-file")
+        .arg(&status)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_status = || {
+        std::process::Command::new(exe)
+            .args(["agent", "status", "--status-file"])
+            .arg(&status)
+            .output()
+            .unwrap()
+    };
+    let t0 = std::time::Instant::now();
+    let out = loop {
+        let out = run_status();
+        if out.status.success() || t0.elapsed() > std::time::Duration::from_secs(10) {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("state:      connected"), "{text}");
+    assert!(text.contains("transport:  quic"), "{text}");
+    assert!(
+        text.contains(&format!("echo → tcp://relay.localhost:{port}")),
+        "{text}"
+    );
+    // A stopped agent removes its status file: status says so and exits 1.
+    let pid = rustix::process::Pid::from_raw(agent.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    agent.wait().unwrap();
+    let out = run_status();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the agent running"),
+        "{out:?}"
+    );
+    relay.stop().await;
+}
