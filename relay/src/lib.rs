@@ -24,6 +24,7 @@ pub mod registry;
 mod session;
 mod tcp_tunnel;
 pub mod token;
+mod udp_tunnel;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -34,6 +35,7 @@ pub use config::RelayConfig;
 pub use error::RelayError;
 pub use registry::Registry;
 pub use token::{Claims, IssueRequest, PortRange, TokenKeys};
+pub use udp_tunnel::{UdpMetrics, UdpStats, UdpStatsSnapshot};
 
 /// State shared by every task of the relay.
 #[derive(Debug)]
@@ -52,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<certs::CertStore>,
     /// TLS for tcp tunnels with `tls = true` (certificates by SNI, no ALPN).
     pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
+    /// Counters of every udp tunnel, by agent and tunnel name.
+    pub(crate) udp: UdpMetrics,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -140,6 +144,7 @@ impl Relay {
                 https_port,
                 tunnel_tls: Arc::new(tunnel_tls),
                 certs: store,
+                udp: UdpMetrics::default(),
             }),
             endpoint,
             https,
@@ -189,6 +194,12 @@ impl Relay {
     /// Live agent sessions.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// Per-tunnel UDP counters (flows, packets and bytes each way, drops by reason); the
+    /// handle stays valid while the relay runs.
+    pub fn udp_metrics(&self) -> UdpMetrics {
+        self.shared.udp.clone()
     }
 
     /// Serve until `shutdown` is cancelled, then drain and close.
