@@ -14,4 +14,5 @@ mod e2e {
     mod reconnect;
     mod shutdown;
     mod tcp;
+    mod udp;
 }
