@@ -131,7 +131,8 @@ fn stream_open() -> impl Strategy<Value = StreamOpen> {
         prop_oneof![
             Just(StreamKind::Tcp),
             Just(StreamKind::Http),
-            (0u64..=periscope_proto::datagram::MAX_FLOW_ID).prop_map(|flow| StreamKind::Udp { flow })
+            (0u64..=periscope_proto::datagram::MAX_FLOW_ID)
+                .prop_map(|flow| StreamKind::Udp { flow })
         ],
     )
         .prop_map(|(tunnel, visitor, server, kind)| StreamOpen {

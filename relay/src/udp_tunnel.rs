@@ -475,11 +475,7 @@ async fn run_flow(
             }
         }
         Err(e) => {
-            let dropped = flow
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len();
+            let dropped = flow.pending.lock().unwrap_or_else(|e| e.into_inner()).len();
             flow.stats
                 .drop_flow_refused
                 .fetch_add(dropped as u64, Ordering::Relaxed);

@@ -54,7 +54,11 @@ async fn echo_from_fifty_visitors_each_reply_to_its_sender() {
             for round in 0..5u32 {
                 let msg = format!("visitor {i} round {round}");
                 let back = udp_roundtrip(&sock, port, msg.as_bytes()).await;
-                assert_eq!(String::from_utf8_lossy(&back), msg, "visitor {i} got another's reply");
+                assert_eq!(
+                    String::from_utf8_lossy(&back),
+                    msg,
+                    "visitor {i} got another's reply"
+                );
             }
         }));
     }
@@ -91,7 +95,10 @@ async fn payload_at_the_maximum_passes_one_over_is_dropped_and_counted() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(last >= 1200, "max payload {last} after MTU discovery on loopback");
+    assert!(
+        last >= 1200,
+        "max payload {last} after MTU discovery on loopback"
+    );
     let at_max = vec![7u8; last];
     assert_eq!(udp_roundtrip(&sock, port, &at_max).await, at_max);
     let before = relay.udp_stats("home", "echo").drop_too_large;
