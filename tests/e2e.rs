@@ -15,4 +15,5 @@ mod e2e {
     mod reconnect;
     mod shutdown;
     mod tcp;
+    mod udp;
 }

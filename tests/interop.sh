@@ -4,7 +4,8 @@
 # agent started as separate processes, curl through the HTTPS edge (HTTP/1.1 and HTTP/2:
 # 100 MiB each way with sha256 checks, an endless MJPEG stream read with `curl -N`), kill -9 of
 # the relay, token revocation, the relay's graceful shutdown, `periscope demo`, and ACME with
-# pebble (http-01, tls-alpn-01). Every wait is bounded; every process is stopped by PID.
+# pebble (http-01, tls-alpn-01), and coturn behind a udp tunnel (STUN binding, TURN allocation
+# and relaying). Every wait is bounded; every process is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -297,5 +298,9 @@ ok "periscope demo exits 0 on SIGINT with a viewer connected"
 # 6. ACME with pebble.
 # shellcheck source=tests/interop/acme.sh
 source tests/interop/acme.sh
+
+# 7. UDP tunnels with coturn (STUN binding, TURN allocation and relay).
+# shellcheck source=tests/interop/coturn.sh
+source tests/interop/coturn.sh
 
 echo "interop: $pass passed, 0 failed"

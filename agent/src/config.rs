@@ -336,7 +336,7 @@ impl AgentConfig {
                 return bad(
                     key("proxy_protocol"),
                     "http tunnels give the visitor's address in X-Forwarded-For and Forwarded; \
-                     PROXY protocol is for tcp tunnels",
+                     PROXY protocol is for tcp and udp tunnels",
                 );
             }
             if t.tls && t.kind != Kind::Tcp {

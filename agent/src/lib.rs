@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 mod session;
 mod tls;
+mod udp;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

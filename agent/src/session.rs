@@ -15,14 +15,14 @@ use proto::{
         quic::{self, QuicConnection},
         read_frame, splice, write_frame, BiStream, Connection, FrameError, TransportError,
     },
-    Control, Hello, RejectReason, StreamError, StreamErrorKind, StreamOpen, StreamReply,
-    TunnelKind,
+    Control, Hello, RejectReason, StreamError, StreamErrorKind, StreamKind, StreamOpen,
+    StreamReply, TunnelKind,
 };
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{backoff::Backoff, config::split_host_port, Agent, Status, Tunnel};
+use crate::{backoff::Backoff, config::split_host_port, udp, Agent, Status, Tunnel};
 
 /// A session that lasted this long was healthy: the next reconnect starts fresh.
 const HEALTHY: Duration = Duration::from_secs(5);
@@ -329,6 +329,8 @@ async fn serve_streams(
         std::future::pending::<()>().await
     };
     tokio::pin!(control);
+    let flows = Arc::new(udp::Flows::default());
+    let mut datagrams = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -336,9 +338,17 @@ async fn serve_streams(
             s = conn.accept_bi() => match s {
                 Ok(stream) => {
                     let span = tracing::debug_span!("stream", stream.id = stream.send.id());
-                    tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream).instrument(span));
+                    tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
                 }
                 Err(e) => return Some(e),
+            },
+            // Cancel-safe (Transport::recv_datagram); a closed connection shows in accept_bi.
+            d = conn.recv_datagram(), if datagrams => match d {
+                Ok(d) => flows.deliver(d),
+                Err(e) => {
+                    tracing::debug!("no more datagrams on this connection: {e}");
+                    datagrams = false;
+                }
             },
         }
     }
@@ -346,7 +356,13 @@ async fn serve_streams(
 
 /// One relay-opened stream: read its header, check the tunnel against our own config,
 /// connect to that tunnel's pinned target, then copy bytes.
-async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut stream: BiStream) {
+async fn handle_stream(
+    tunnels: Arc<Vec<Tunnel>>,
+    connect_timeout: Duration,
+    mut stream: BiStream,
+    conn: Connection,
+    flows: Arc<udp::Flows>,
+) {
     let open =
         match tokio::time::timeout(OPEN_TIMEOUT, read_frame::<_, StreamOpen>(&mut stream.recv))
             .await
@@ -378,15 +394,26 @@ async fn handle_stream(tunnels: Arc<Vec<Tunnel>>, connect_timeout: Duration, mut
         .await;
         return;
     };
-    // tcp and http tunnels are both a byte stream to the target (the relay speaks HTTP).
-    if tunnel.spec.kind == TunnelKind::Udp {
-        let _ = fail(
-            &mut stream,
-            StreamErrorKind::UnknownTunnel,
-            format!("tunnel `{}` is a udp tunnel", tunnel.spec.name),
-        )
-        .await;
-        return;
+    match (tunnel.spec.kind, open.kind) {
+        (TunnelKind::Udp, StreamKind::Udp { flow }) => {
+            let span = tracing::debug_span!("flow", tunnel = %tunnel.spec.name, flow, visitor.addr = %open.visitor);
+            return udp::serve_flow(tunnel, &open, flow, stream, conn, flows)
+                .instrument(span)
+                .await;
+        }
+        (TunnelKind::Udp, _) | (_, StreamKind::Udp { .. }) => {
+            let _ = fail(
+                &mut stream,
+                StreamErrorKind::UnknownTunnel,
+                format!(
+                    "tunnel `{}` is a {} tunnel, the stream is {:?}",
+                    tunnel.spec.name, tunnel.spec.kind, open.kind
+                ),
+            )
+            .await;
+            return;
+        }
+        _ => {}
     }
     let span =
         tracing::debug_span!("visitor", tunnel = %tunnel.spec.name, visitor.addr = %open.visitor);

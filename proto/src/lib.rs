@@ -20,6 +20,8 @@
 //! +-------------+---------------------+---------------------------+
 //! ```
 //!
+//! UDP flows travel as unreliable datagrams `[flow id varint][payload]`; see [`datagram`].
+//!
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is buffered, and decoding
 //! returns `Ok(None)` while a frame is incomplete: this crate does no IO (see [`frame`]). The
 //! async adapters in [`transport`] (feature `transport`, on by default) put it on QUIC.
@@ -29,6 +31,7 @@
 
 pub mod codes;
 pub mod control;
+pub mod datagram;
 pub mod error;
 pub mod frame;
 pub mod proxy;

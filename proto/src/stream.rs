@@ -24,6 +24,13 @@ pub enum StreamKind {
     Tcp,
     /// One HTTP request or upgraded connection.
     Http,
+    /// One UDP flow: the stream carries no payload (the flow's packets travel as datagrams,
+    /// see [`crate::datagram`]) and lives as long as the flow. Either side ends it to end the
+    /// flow.
+    Udp {
+        /// The flow id the relay assigned; datagrams of this flow start with it.
+        flow: u64,
+    },
 }
 
 /// The agent's answer on a data stream, before any payload bytes.

@@ -128,7 +128,12 @@ fn stream_open() -> impl Strategy<Value = StreamOpen> {
         any::<u32>(),
         addr(),
         addr(),
-        prop_oneof![Just(StreamKind::Tcp), Just(StreamKind::Http)],
+        prop_oneof![
+            Just(StreamKind::Tcp),
+            Just(StreamKind::Http),
+            (0u64..=periscope_proto::datagram::MAX_FLOW_ID)
+                .prop_map(|flow| StreamKind::Udp { flow })
+        ],
     )
         .prop_map(|(tunnel, visitor, server, kind)| StreamOpen {
             tunnel,

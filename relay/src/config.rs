@@ -234,6 +234,34 @@ pub struct LimitsConfig {
     /// On shutdown, how long in-flight connections may finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A UDP flow (one visitor address:port on a udp tunnel) with no packet in either
+    /// direction for this long is closed. Packets in either direction keep it open.
+    #[serde(default = "default_udp_flow_idle", with = "humantime_serde")]
+    pub udp_flow_idle: Duration,
+    /// Open UDP flows per udp tunnel; a new visitor past it is dropped and counted. Each flow
+    /// also holds one of the agent's `streams_per_agent`.
+    #[serde(default = "default_udp_flows_per_tunnel")]
+    pub udp_flows_per_tunnel: usize,
+    /// Open UDP flows per visitor IP address on one udp tunnel.
+    #[serde(default = "default_udp_flows_per_visitor")]
+    pub udp_flows_per_visitor: usize,
+    /// Packets per second one UDP flow may send toward the agent (a one-second burst);
+    /// past it packets are dropped and counted.
+    #[serde(default = "default_udp_packets_per_second")]
+    pub udp_packets_per_second: u32,
+}
+
+fn default_udp_flow_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_udp_flows_per_tunnel() -> usize {
+    1024
+}
+fn default_udp_flows_per_visitor() -> usize {
+    64
+}
+fn default_udp_packets_per_second() -> u32 {
+    50_000
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -282,6 +310,10 @@ impl Default for LimitsConfig {
             streams_per_agent: default_streams_per_agent(),
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
+            udp_flow_idle: default_udp_flow_idle(),
+            udp_flows_per_tunnel: default_udp_flows_per_tunnel(),
+            udp_flows_per_visitor: default_udp_flows_per_visitor(),
+            udp_packets_per_second: default_udp_packets_per_second(),
         }
     }
 }
@@ -425,6 +457,18 @@ impl RelayConfig {
         }
         if self.limits.streams_per_agent == 0 {
             return bad("limits.streams_per_agent", "must be at least 1");
+        }
+        if self.limits.udp_flow_idle.is_zero() {
+            return bad("limits.udp_flow_idle", "must be above zero");
+        }
+        if self.limits.udp_flows_per_tunnel == 0
+            || self.limits.udp_flows_per_visitor == 0
+            || self.limits.udp_packets_per_second == 0
+        {
+            return bad(
+                "limits.udp_flows_per_tunnel",
+                "limits.udp_flows_per_tunnel, udp_flows_per_visitor and udp_packets_per_second must be at least 1",
+            );
         }
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");

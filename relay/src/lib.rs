@@ -26,6 +26,7 @@ pub mod registry;
 mod session;
 mod tcp_tunnel;
 pub mod token;
+mod udp_tunnel;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -36,6 +37,7 @@ pub use config::RelayConfig;
 pub use error::RelayError;
 pub use registry::Registry;
 pub use token::{Claims, IssueRequest, PortRange, TokenKeys};
+pub use udp_tunnel::{UdpMetrics, UdpStats, UdpStatsSnapshot};
 
 /// State shared by every task of the relay.
 #[derive(Debug)]
@@ -56,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
     /// Prometheus metrics.
     pub(crate) metrics: metrics::Metrics,
+    /// Counters of every udp tunnel, by agent and tunnel name.
+    pub(crate) udp: UdpMetrics,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -149,6 +153,7 @@ impl Relay {
                 tunnel_tls: Arc::new(tunnel_tls),
                 metrics: metrics::Metrics::default(),
                 certs: store,
+                udp: UdpMetrics::default(),
             }),
             endpoint,
             https,
@@ -212,6 +217,12 @@ impl Relay {
     /// Live agent sessions.
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// Per-tunnel UDP counters (flows, packets and bytes each way, drops by reason); the
+    /// handle stays valid while the relay runs.
+    pub fn udp_metrics(&self) -> UdpMetrics {
+        self.shared.udp.clone()
     }
 
     /// Serve until `shutdown` is cancelled, then drain and close.

@@ -16,11 +16,11 @@ use proto::{
     transport::{quic::QuicConnection, read_frame, write_frame, BiStream, Connection},
     Assigned, Control, GoAway, Hello, Reject, RejectReason, TunnelKind, Welcome,
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{registry::SessionInfo, tcp_tunnel, token::TokenError, Claims, Shared};
+use crate::{registry::SessionInfo, tcp_tunnel, token::TokenError, udp_tunnel, Claims, Shared};
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -201,15 +201,6 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
                 }
             }
         }
-        if t.kind == TunnelKind::Udp {
-            return Err(reject(
-                RejectReason::BadTunnel,
-                format!(
-                    "udp tunnel `{}`: this relay version serves tcp and http tunnels only",
-                    t.name
-                ),
-            ));
-        }
     }
     Ok(claims)
 }
@@ -288,6 +279,33 @@ fn release_routes(shared: &Shared, id: u64) {
     });
 }
 
+/// Bind the public UDP port of every udp tunnel; counters are kept per agent and tunnel name.
+async fn bind_udp(
+    shared: &Shared,
+    hello: &Hello,
+    agent: &str,
+) -> Result<Vec<udp_tunnel::BoundUdp>, Reject> {
+    let mut out = Vec::new();
+    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Udp) {
+        let port = t.remote_port.unwrap_or_default();
+        let addr = SocketAddr::new(shared.config.listen.tunnels, port);
+        let socket = UdpSocket::bind(addr).await.map_err(|e| {
+            reject(
+                RejectReason::InUse,
+                format!("cannot listen on udp {addr} for tunnel `{}`: {e}", t.name),
+            )
+        })?;
+        out.push(udp_tunnel::BoundUdp {
+            id: t.id,
+            name: t.name.clone(),
+            socket,
+            public: format!("udp://{}:{port}", shared.config.domain),
+            stats: shared.udp.entry(agent, &t.name),
+        });
+    }
+    Ok(out)
+}
+
 async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reject> {
     let mut out = Vec::new();
     for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Tcp) {
@@ -348,6 +366,10 @@ async fn run_session(
         Ok(b) => b,
         Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
+    let bound_udp = match bind_udp(&shared, &hello, &claims.sub).await {
+        Ok(b) => b,
+        Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
+    };
     let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     // One budget of agent streams for everything this session carries (requests, pooled
     // connections, tcp visitors): a flood on one hostname cannot take the agent's QUIC
@@ -368,6 +390,10 @@ async fn run_session(
                 id: b.id,
                 public: b.public.clone(),
             })
+            .chain(bound_udp.iter().map(|b| Assigned {
+                id: b.id,
+                public: b.public.clone(),
+            }))
             .chain(routes.iter().map(|(id, url)| Assigned {
                 id: *id,
                 public: url.clone(),
@@ -385,6 +411,11 @@ async fn run_session(
     let public: Vec<String> = bound
         .iter()
         .map(|b| format!("{} -> {}", b.public, b.name))
+        .chain(
+            bound_udp
+                .iter()
+                .map(|b| format!("{} -> {}", b.public, b.name)),
+        )
         .chain(routes.iter().map(|(_, url)| url.clone()))
         .collect();
     tracing::info!(
@@ -419,6 +450,31 @@ async fn run_session(
             )
             .instrument(span),
         );
+    }
+    if !bound_udp.is_empty() {
+        let flows = udp_tunnel::SessionFlows::default();
+        let next_flow = Arc::new(AtomicU64::new(1));
+        tasks.spawn(udp_tunnel::dispatch(
+            conn.clone(),
+            flows.clone(),
+            cancel.clone(),
+        ));
+        for b in bound_udp {
+            let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.socket.local_addr().map(|a| a.port()).unwrap_or(0));
+            tasks.spawn(
+                udp_tunnel::serve(
+                    shared.clone(),
+                    b,
+                    conn.clone(),
+                    streams.clone(),
+                    flows.clone(),
+                    next_flow.clone(),
+                    cancel.clone(),
+                    tasks.clone(),
+                )
+                .instrument(span),
+            );
+        }
     }
 
     let ended = loop {

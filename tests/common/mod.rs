@@ -98,6 +98,7 @@ pub struct TestRelay {
     pub fingerprint: String,
     pub config: RelayConfig,
     keys: relay::TokenKeys,
+    udp: relay::UdpMetrics,
     rt: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -165,11 +166,12 @@ impl TestRelay {
                 relay.fingerprint().to_string(),
                 relay.admin_token().to_string(),
                 keys,
+                relay.udp_metrics(),
             ));
             relay.run(token).await.expect("relay run");
             let _ = done_tx.send(());
         });
-        let ([addr, https, http, admin], fingerprint, admin_token, keys) =
+        let ([addr, https, http, admin], fingerprint, admin_token, keys, udp) =
             ready_rx.await.expect("relay started");
         config.listen.quic = addr;
         TestRelay {
@@ -181,6 +183,7 @@ impl TestRelay {
             fingerprint,
             config,
             keys,
+            udp,
             rt: Some(rt),
             shutdown,
             done: Some(done_rx),
@@ -199,11 +202,39 @@ impl TestRelay {
         .0
     }
 
+    /// A token for `agent` allowing `tcp_ports` and `udp_ports`, valid for an hour.
+    pub fn token_udp(&self, agent: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> String {
+        self.token_full(
+            agent,
+            tcp_ports,
+            udp_ports,
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        )
+        .0
+    }
+
+    /// Counters of `agent`'s udp tunnel `tunnel`.
+    pub fn udp_stats(&self, agent: &str, tunnel: &str) -> relay::UdpStatsSnapshot {
+        self.udp.get(agent, tunnel).unwrap_or_default()
+    }
+
     /// A token issued at `now` with lifetime `ttl`; returns the token and its id.
     pub fn token_at(
         &self,
         agent: &str,
         tcp_ports: &[u16],
+        now: SystemTime,
+        ttl: Duration,
+    ) -> (String, String) {
+        self.token_full(agent, tcp_ports, &[], now, ttl)
+    }
+
+    fn token_full(
+        &self,
+        agent: &str,
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
         now: SystemTime,
         ttl: Duration,
     ) -> (String, String) {
@@ -217,7 +248,10 @@ impl TestRelay {
                         .iter()
                         .map(|&p| PortRange { lo: p, hi: p })
                         .collect(),
-                    udp_ports: vec![],
+                    udp_ports: udp_ports
+                        .iter()
+                        .map(|&p| PortRange { lo: p, hi: p })
+                        .collect(),
                     ttl,
                 },
                 now,
@@ -291,6 +325,14 @@ impl AgentBuilder {
         self.config.tunnels.push(TunnelConfig {
             remote_port: Some(remote_port),
             ..TunnelConfig::new(name, agent::config::Kind::Tcp, &target.to_string())
+        });
+        self
+    }
+
+    pub fn udp(mut self, name: &str, target: SocketAddr, remote_port: u16) -> Self {
+        self.config.tunnels.push(TunnelConfig {
+            remote_port: Some(remote_port),
+            ..TunnelConfig::new(name, agent::config::Kind::Udp, &target.to_string())
         });
         self
     }
@@ -441,13 +483,15 @@ impl Tunnel {
     }
 }
 
-/// A free port on 127.0.0.1 below Linux's ephemeral range (32768+): a test's client socket
+/// A free port (TCP and UDP) on 127.0.0.1 below Linux's ephemeral range (32768+): a test's client socket
 /// could otherwise connect to itself on a closed port, or squat a port a tunnel will bind.
 pub fn free_port() -> u16 {
     use rand::Rng;
     loop {
         let p = rand::thread_rng().gen_range(20000..32000);
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
             return p;
         }
     }
@@ -595,4 +639,45 @@ pub async fn tls_connect_to(
         .await
         .unwrap();
     stream
+}
+
+/// A UDP echo server on an ephemeral port; the task ends with the test's runtime.
+pub async fn udp_echo_server() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                continue;
+            };
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// Send `msg` from `sock` to the relay's UDP `port` and wait up to `wait` for one answer.
+pub async fn udp_ask(
+    sock: &tokio::net::UdpSocket,
+    port: u16,
+    msg: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    sock.send_to(msg, ("127.0.0.1", port)).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+/// Ask until an answer comes (UDP may lose a packet), at most 50 times.
+pub async fn udp_roundtrip(sock: &tokio::net::UdpSocket, port: u16, msg: &[u8]) -> Vec<u8> {
+    for _ in 0..50 {
+        if let Some(r) = udp_ask(sock, port, msg, Duration::from_millis(200)).await {
+            return r;
+        }
+    }
+    panic!("no UDP answer through port {port}");
 }

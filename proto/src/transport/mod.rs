@@ -74,9 +74,12 @@ pub enum TransportError {
     /// The transport layer failed (TLS alert, protocol violation, version mismatch).
     #[error("{0}")]
     Protocol(String),
-    /// A datagram could not be sent.
+    /// A datagram could not be sent (datagrams unsupported or disabled).
     #[error("datagram not sent: {0}")]
     Datagram(String),
+    /// A datagram is larger than the path carries now ([`Transport::max_datagram_size`]).
+    #[error("datagram larger than the path carries")]
+    DatagramTooLarge,
 }
 
 fn fmt_reason(code: u64, r: &str) -> String {
@@ -93,7 +96,11 @@ pub trait Transport: Send + Sync + 'static {
     fn open_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>>;
     /// Accept the next stream the peer opened. Cancel-safe: dropping the future loses nothing.
     fn accept_bi(&self) -> BoxFuture<'_, Result<BiStream, TransportError>>;
-    /// Send an unreliable datagram.
+    /// Send an unreliable datagram (never blocks; the oldest queued datagrams are dropped
+    /// when the send buffer is full). A datagram above [`Transport::max_datagram_size`]
+    /// fails with [`TransportError::DatagramTooLarge`]. A stream transport (the TLS+yamux
+    /// fallback) carries them length-prefixed on one dedicated stream, so callers never know
+    /// the difference; see [`crate::datagram`] for the payload format.
     fn send_datagram(&self, data: Bytes) -> Result<(), TransportError>;
     /// Receive the next datagram. Cancel-safe.
     fn recv_datagram(&self) -> BoxFuture<'_, Result<Bytes, TransportError>>;

@@ -240,9 +240,11 @@ impl Transport for QuicConnection {
     }
 
     fn send_datagram(&self, data: Bytes) -> Result<(), TransportError> {
-        self.0
-            .send_datagram(data)
-            .map_err(|e| TransportError::Datagram(e.to_string()))
+        self.0.send_datagram(data).map_err(|e| match e {
+            quinn::SendDatagramError::TooLarge => TransportError::DatagramTooLarge,
+            quinn::SendDatagramError::ConnectionLost(e) => e.into(),
+            e => TransportError::Datagram(e.to_string()),
+        })
     }
 
     fn recv_datagram(&self) -> BoxFuture<'_, Result<Bytes, TransportError>> {
