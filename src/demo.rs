@@ -109,10 +109,7 @@ async fn start_parts(
     ));
     config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
     config.limits.shutdown_grace = Duration::from_secs(2);
-    config.access.push(AccessRule {
-        host: host.clone(),
-        public: true,
-    });
+    config.access.push(AccessRule::public(&host));
     let relay = match Relay::bind(config.clone()).await {
         Err(RelayError::Bind { addr, error })
             if opts.https_port.is_none() && addr.starts_with("tcp") =>

@@ -14,6 +14,7 @@
 //! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
 //! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
 
+pub mod access;
 mod acme;
 mod certs;
 pub mod config;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) certs: Arc<certs::CertStore>,
     /// TLS for tcp tunnels with `tls = true` (certificates by SNI, no ALPN).
     pub(crate) tunnel_tls: Arc<rustls::ServerConfig>,
+    /// Visitor access control: users, sessions, bans, limits.
+    pub(crate) access: access::Access,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -68,10 +71,20 @@ pub struct Relay {
 impl Relay {
     /// Load (or create) the identity in `config.data_dir` and bind the QUIC listener.
     pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        Self::bind_with_clock(config, Arc::new(access::SystemClock)).await
+    }
+
+    /// Like [`bind`](Relay::bind), with the clock that bans, sessions and share links read
+    /// (tests move it forward).
+    pub async fn bind_with_clock(
+        config: RelayConfig,
+        clock: Arc<dyn access::Clock>,
+    ) -> Result<Relay, RelayError> {
         config.validate()?;
         let id = identity::load(&config)?;
         let keys = TokenKeys::new(&id.signing_pkcs8, &config.domain)?;
         let revocations = token::Revocations::load(&config.data_dir)?;
+        let access = access::Access::new(&config, clock)?;
         let fallback = certs::Cert::from_der(id.certs.clone(), id.key.clone_key())?;
         let store = Arc::new(certs::CertStore::new(&config, fallback.key)?);
         let acme = store.source() == config::CertSource::Acme;
@@ -140,6 +153,7 @@ impl Relay {
                 https_port,
                 tunnel_tls: Arc::new(tunnel_tls),
                 certs: store,
+                access,
             }),
             endpoint,
             https,
@@ -258,8 +272,9 @@ impl Relay {
     }
 }
 
-/// Every second: pick up revocations written by `periscope token revoke`, and close sessions
-/// whose token was revoked or has expired.
+/// Every second: pick up revocations written by `periscope token revoke` (and `share
+/// revoke`), the users file and the ban list; close sessions whose token was revoked or has
+/// expired; forget expired visitor sessions and bans.
 async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,6 +286,7 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
         if let Err(e) = shared.revocations.reload_if_changed() {
             tracing::warn!("cannot read the revocation list: {e}");
         }
+        access::sweep(&shared);
         let now = token::unix_now(std::time::SystemTime::now());
         shared.registry.close_where(|s| {
             if shared.revocations.contains(&s.jti) {

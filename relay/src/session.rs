@@ -394,6 +394,7 @@ async fn run_session(
                 shared.clone(),
                 b,
                 conn.clone(),
+                claims.sub.clone(),
                 cancel.clone(),
                 tasks.clone(),
             )

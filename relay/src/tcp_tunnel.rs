@@ -17,10 +17,12 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     bound: Bound,
     conn: Connection,
+    agent: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(shared.config.limits.connections_per_tunnel));
+    let port = bound.listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -35,6 +37,17 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // Login unlocks raw ports: closed at once to addresses without a web session on one
+        // of this agent's hostnames (or per `[[port_access]]`).
+        if !crate::access::raw_allowed(&shared, peer.ip(), port, &agent) {
+            tracing::debug!(visitor.addr = %peer, "raw port closed to this address");
+            drop(sock);
+            continue;
+        }
+        let Some(slot) = shared.access.connection(peer.ip()) else {
+            tracing::debug!(visitor.addr = %peer, "too many connections from this address; refusing");
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(visitor.addr = %peer, "connection limit reached for this tunnel; refusing");
             continue;
@@ -47,7 +60,7 @@ pub(crate) async fn serve(
         tasks.spawn(
             async move {
                 visitor(&shared, conn, tunnel, sock, tls).await;
-                drop(permit);
+                drop((permit, slot));
             }
             .instrument(span),
         );

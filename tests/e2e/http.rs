@@ -11,10 +11,8 @@ use crate::common::*;
 /// A relay whose `cam.relay.localhost` is public.
 async fn public_relay() -> TestRelay {
     TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        })
+        c.access
+            .push(relay::config::AccessRule::public("cam.relay.localhost"))
     })
     .await
 }

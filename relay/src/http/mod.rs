@@ -5,7 +5,8 @@ mod forward;
 mod pages;
 pub(crate) mod plain;
 
-pub(crate) use forward::Route;
+pub(crate) use forward::{Route, Visitor};
+pub(crate) use pages::{full, page};
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -68,6 +69,15 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let ip = peer.ip();
+        if shared.config.auth.deny_ips.iter().any(|c| c.contains(ip)) {
+            tracing::debug!(visitor.addr = %peer, "refused: deny_ips");
+            continue;
+        }
+        let Some(slot) = shared.access.connection(ip) else {
+            tracing::debug!(visitor.addr = %peer, "refused: too many connections from this address");
+            continue;
+        };
         let span = tracing::debug_span!("visitor", visitor.addr = %peer);
         tasks.spawn(
             connection(
@@ -77,6 +87,7 @@ pub(crate) async fn serve(
                 peer,
                 shutdown.clone(),
                 tasks.clone(),
+                slot,
             )
             .instrument(span),
         );
@@ -90,6 +101,7 @@ async fn connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    _slot: crate::access::ConnGuard,
 ) {
     let _ = sock.set_nodelay(true);
     let Ok(local) = sock.local_addr() else { return };
@@ -114,7 +126,7 @@ async fn connection(
         .1
         .server_name()
         .map(crate::token::normalize_host);
-    let ctx = Arc::new(forward::Visitor {
+    let ctx = Arc::new(Visitor {
         peer,
         local,
         sni,
