@@ -1,10 +1,13 @@
 //! The subcommands.
 
 pub mod agent;
+pub mod ban;
 pub mod check;
 pub mod demo;
 pub mod relay;
+pub mod share;
 pub mod token;
+pub mod user;
 
 use crate::cli::{Cli, Command};
 
@@ -15,6 +18,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Token(cmd) => token::run(cmd),
+        Command::User(cmd) => user::run(cmd),
+        Command::Share(args) => share::run(args),
+        Command::Ban(cmd) => ban::run(cmd),
         Command::Check { config } => check::run(&config),
     }
 }
