@@ -5,6 +5,7 @@
 mod common;
 
 mod e2e {
+    mod access;
     mod auth;
     mod config;
     mod demo;

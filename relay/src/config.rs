@@ -126,7 +126,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -154,6 +156,15 @@ impl std::str::FromStr for Cidr {
             Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
             None => max,
         };
+        // `::ffff:a.b.c.d/n` is the IPv4 network `a.b.c.d/(n-96)`: visitors are compared as IPv4.
+        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
         Ok(Cidr { addr, prefix })
     }
 }
@@ -570,7 +581,10 @@ impl RelayConfig {
             return bad("auth.ban_after_failures", "must be at least 1");
         }
         if self.auth.session_lifetime.is_zero() || self.auth.session_idle.is_zero() {
-            return bad("auth.session_lifetime", "and session_idle must be longer than 0s");
+            return bad(
+                "auth.session_lifetime",
+                "and session_idle must be longer than 0s",
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for a in &self.access {
@@ -584,7 +598,10 @@ impl RelayConfig {
             if a.public && (a.basic || !a.users.is_empty()) {
                 return bad(
                     "access.public",
-                    &format!("`{}`: a public rule cannot also name users or basic", a.host),
+                    &format!(
+                        "`{}`: a public rule cannot also name users or basic",
+                        a.host
+                    ),
                 );
             }
         }
@@ -628,5 +645,51 @@ impl RelayConfig {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("relay.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let lan: Cidr = "192.168.1.0/24".parse().unwrap();
+        assert!(lan.contains(ip("192.168.1.77")));
+        assert!(lan.contains(ip("::ffff:192.168.1.77")));
+        assert!(!lan.contains(ip("192.168.2.1")));
+        assert!(!lan.contains(ip("2001:db8::1")));
+        let one: Cidr = "203.0.113.7".parse().unwrap();
+        assert!(one.contains(ip("203.0.113.7")) && !one.contains(ip("203.0.113.8")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")));
+        assert_eq!(String::from(mapped), "10.0.0.0/8");
+        for bad in ["10.0.0.0/33", "x", "10.0.0/8", "::/129", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exact_access_rule_wins_over_pattern() {
+        let mut c = RelayConfig::dev("/x".into());
+        c.access.push(AccessRule::public("*.example.com"));
+        c.access.push(AccessRule {
+            host: "cam.example.com".into(),
+            ..AccessRule::default()
+        });
+        assert!(!c.is_public("cam.example.com"));
+        assert!(c.is_public("door.example.com"));
+        assert!(!c.is_public("example.com"));
+        assert!(c.validate().is_ok());
+        c.access.push(AccessRule::public("CAM.example.com."));
+        assert!(c.validate().is_err(), "two rules for one host");
     }
 }

@@ -513,7 +513,12 @@ mod tests {
         let k = keys();
         let now = SystemTime::now();
         let (share, c) = k
-            .issue_share("Cam.relay.example.com", "neighbour", Duration::from_secs(60), now)
+            .issue_share(
+                "Cam.relay.example.com",
+                "neighbour",
+                Duration::from_secs(60),
+                now,
+            )
             .unwrap();
         assert_eq!(c.sub, "cam.relay.example.com");
         assert_eq!(k.verify_share(&share, now).unwrap(), c);

@@ -24,7 +24,9 @@ pub fn run(args: ShareArgs) -> anyhow::Result<()> {
     let relay = args
         .relay
         .context("--config relay.toml (or --dev) is required")?;
-    let host = args.host.context("--host is required: the hostname to share")?;
+    let host = args
+        .host
+        .context("--host is required: the hostname to share")?;
     let config = super::relay::config_of_ref(&relay)?;
     let ttl = humantime::parse_duration(&args.ttl)
         .with_context(|| format!("--ttl `{}`: use e.g. 24h, 7d, 30m", args.ttl))?;

@@ -27,7 +27,10 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             file.users.push(User {
                 name: name.clone(),
                 hash,
-                hosts: hosts.iter().map(|h| relay::token::normalize_host(h)).collect(),
+                hosts: hosts
+                    .iter()
+                    .map(|h| relay::token::normalize_host(h))
+                    .collect(),
                 disabled: false,
             });
             file.save(&path)?;

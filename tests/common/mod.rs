@@ -50,6 +50,8 @@ pub struct TestRelay {
     pub http: SocketAddr,
     pub fingerprint: String,
     pub config: RelayConfig,
+    /// The relay's clock (bans, sessions, share links): `clock.advance(d)` moves it forward.
+    pub clock: Arc<relay::access::OffsetClock>,
     keys: relay::TokenKeys,
     rt: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
@@ -104,8 +106,12 @@ impl TestRelay {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let cfg = config.clone();
         let token = shutdown.clone();
+        let clock = Arc::new(relay::access::OffsetClock::default());
+        let relay_clock: Arc<dyn relay::access::Clock> = clock.clone();
         rt.spawn(async move {
-            let relay = Relay::bind(cfg).await.expect("relay bind");
+            let relay = Relay::bind_with_clock(cfg, relay_clock)
+                .await
+                .expect("relay bind");
             let keys = relay.keys().clone();
             let _ = ready_tx.send((
                 [relay.quic_addr(), relay.https_addr(), relay.http_addr()],
@@ -123,6 +129,7 @@ impl TestRelay {
             http,
             fingerprint,
             config,
+            clock,
             keys,
             rt: Some(rt),
             shutdown,
@@ -169,6 +176,16 @@ impl TestRelay {
         (t, c.jti)
     }
 
+    /// A share link token for `host`, valid `ttl` from the relay's clock; returns it and its id.
+    pub fn share_token(&self, host: &str, ttl: Duration) -> (String, String) {
+        use relay::access::Clock;
+        let (t, c) = self
+            .keys
+            .issue_share(host, "test", ttl, self.clock.now())
+            .expect("issue share link");
+        (t, c.jti)
+    }
+
     /// The data directory (keys, revocations).
     pub fn data_dir(&self) -> PathBuf {
         self.config.data_dir.clone()
@@ -202,6 +219,23 @@ impl Drop for TestRelay {
             rt.shutdown_background();
         }
     }
+}
+
+/// Write a users file for `config` before the relay starts: `(name, password, hosts)`.
+pub fn with_users(config: &mut RelayConfig, users: &[(&str, &str, &[&str])]) {
+    use relay::access::users::{hash_password, User, UsersFile};
+    let file = UsersFile {
+        users: users
+            .iter()
+            .map(|(name, pw, hosts)| User {
+                name: (*name).into(),
+                hash: hash_password(pw).expect("hash"),
+                hosts: hosts.iter().map(|h| (*h).into()).collect(),
+                disabled: false,
+            })
+            .collect(),
+    };
+    file.save(&config.users_file()).expect("write users file");
 }
 
 /// Builds an agent config against a test relay.

@@ -179,7 +179,12 @@ async fn private_by_default() {
         get("cam.relay.localhost", "/headers"),
     )
     .await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Deny by default: a login is required (browsers are sent to the login page).
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/.periscope/login?next="));
     assert!(
         !text(r).await.contains("x-forwarded-for"),
         "nothing reached the recorder"

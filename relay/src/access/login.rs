@@ -40,7 +40,11 @@ pub(super) async fn reserved(
         (&Method::POST, LOGIN) => login_post(shared, ip, host, rule, req).await,
         (&Method::GET | &Method::POST, LOGOUT) => {
             if req.method() == Method::POST && !same_origin(&req, host) {
-                return page(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+                return page(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "Cross-site request refused.",
+                );
             }
             let mut h = req.headers().clone();
             for c in super::take_cookie(&mut h) {
@@ -58,7 +62,11 @@ pub(super) async fn reserved(
             r
         }
         (&Method::GET | &Method::HEAD, SHARE) => share(shared, ip, host, &query),
-        _ => page(StatusCode::NOT_FOUND, "Not found", "There is nothing at this address."),
+        _ => page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "There is nothing at this address.",
+        ),
     }
 }
 
@@ -107,7 +115,11 @@ async fn login_post(
 ) -> Response<Body> {
     // CSRF: a login form posted from another site is refused (the cookie is SameSite=Lax too).
     if !same_origin(&req, host) {
-        return page(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+        return page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Cross-site request refused.",
+        );
     }
     let body = tokio::time::timeout(
         std::time::Duration::from_secs(10),
@@ -115,7 +127,11 @@ async fn login_post(
     )
     .await;
     let Ok(Ok(body)) = body else {
-        return page(StatusCode::BAD_REQUEST, "Bad request", "The login form was not readable.");
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The login form was not readable.",
+        );
     };
     let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
     let user = form_value(&form, "user").unwrap_or_default();
@@ -199,7 +215,8 @@ pub(super) fn unauthenticated<B>(
         )
     };
     if basic {
-        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{host}\", charset=\"UTF-8\"")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{host}\", charset=\"UTF-8\""))
+        {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
     }

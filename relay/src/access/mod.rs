@@ -149,9 +149,11 @@ fn may_login(rule: Option<&AccessRule>, user: &User, host: &str) -> bool {
 /// Is the holder of session `s` still entitled to it (users file and revocations change)?
 fn holder_valid(shared: &Shared, s: &Session) -> bool {
     match &s.holder {
-        Holder::User(name) => shared.access.users.get(name).is_some_and(|u| {
-            may_login(shared.config.access_rule(&s.host), &u, &s.host)
-        }),
+        Holder::User(name) => shared
+            .access
+            .users
+            .get(name)
+            .is_some_and(|u| may_login(shared.config.access_rule(&s.host), &u, &s.host)),
         Holder::Share { jti, .. } => !shared.revocations.contains(jti),
     }
 }
@@ -221,8 +223,7 @@ pub(crate) async fn check(
         return Ok(req);
     }
     for c in &cookies {
-        if a
-            .sessions
+        if a.sessions
             .lookup(c, host, ip, now, |s| holder_valid(shared, s))
             .is_some()
         {
@@ -413,7 +414,10 @@ mod tests {
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(h[header::COOKIE], "a=1; b=2");
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("__Host-periscope=x"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-periscope=x"),
+        );
         take_cookie(&mut h);
         assert!(!h.contains_key(header::COOKIE));
     }
@@ -425,10 +429,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic YWxpY2U6cHc6eA=="),
         );
-        assert_eq!(
-            basic_credentials(&h),
-            Some(("alice".into(), "pw:x".into()))
-        );
+        assert_eq!(basic_credentials(&h), Some(("alice".into(), "pw:x".into())));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Digest x"));
         assert_eq!(basic_credentials(&h), None);
     }

@@ -203,7 +203,9 @@ mod tests {
         let mut bad = c.clone();
         bad.replace_range(0..1, if c.starts_with('0') { "1" } else { "0" });
         assert!(s.lookup(&bad, "a.example.com", ip, now, |_| true).is_none());
-        assert!(s.lookup("x.y", "a.example.com", ip, now, |_| true).is_none());
+        assert!(s
+            .lookup("x.y", "a.example.com", ip, now, |_| true)
+            .is_none());
         assert!(s.unlocks(ip, "cam", now));
         assert!(!s.unlocks("192.0.2.2".parse().unwrap(), "cam", now));
         // Idle timeout, then gone.

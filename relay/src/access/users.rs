@@ -62,7 +62,8 @@ impl std::fmt::Debug for User {
 impl User {
     /// May this user open `host`?
     pub fn may_open(&self, host: &str) -> bool {
-        !self.disabled && (self.hosts.is_empty() || self.hosts.iter().any(|h| host_matches(h, host)))
+        !self.disabled
+            && (self.hosts.is_empty() || self.hosts.iter().any(|h| host_matches(h, host)))
     }
 }
 

@@ -1,0 +1,750 @@
+//! Edge access control: deny by default, logins, sessions per hostname, bans, share links,
+//! IP rules, rate limits, and raw ports unlocked by a web login.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use relay::{config::AccessRule, RelayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::*;
+
+const CAM: &str = "cam.relay.localhost";
+const DOOR: &str = "door.relay.localhost";
+
+/// A relay with users alice (any host) and bob (door only), `f` adjusting the config, and
+/// agents `cam` and `door` each publishing the header-echoing fake recorder.
+async fn setup(f: impl FnOnce(&mut RelayConfig)) -> (TestRelay, Vec<TestAgent>) {
+    let relay = TestRelay::start_configured(|c| {
+        with_users(
+            c,
+            &[
+                ("alice", "alice-password", &[]),
+                ("bob", "bob-password", &[DOOR]),
+            ],
+        );
+        f(c);
+    })
+    .await;
+    let target = http_target(Arc::new(tokio::sync::Notify::new())).await;
+    let mut agents = Vec::new();
+    for name in ["cam", "door"] {
+        let mut a = AgentBuilder::new(&relay, &relay.token(name, &[]))
+            .http(name, target)
+            .start()
+            .await;
+        a.connected().await;
+        agents.push(a);
+    }
+    (relay, agents)
+}
+
+async fn stop(relay: TestRelay, agents: Vec<TestAgent>) {
+    for a in agents {
+        a.stop().await;
+    }
+    relay.stop().await;
+}
+
+fn request(
+    method: Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+async fn send(
+    relay: &TestRelay,
+    host: &str,
+    req: Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    https_request(relay, host, false, req).await
+}
+
+async fn get(
+    relay: &TestRelay,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
+    send(relay, host, request(Method::GET, host, path, headers)).await
+}
+
+async fn text(resp: http::Response<hyper::body::Incoming>) -> String {
+    String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
+fn origin(relay: &TestRelay, host: &str) -> String {
+    format!("https://{host}:{}", relay.https.port())
+}
+
+/// POST the login form; returns the response.
+async fn login_as(
+    relay: &TestRelay,
+    host: &str,
+    user: &str,
+    password: &str,
+    next: &str,
+) -> http::Response<hyper::body::Incoming> {
+    let body = format!("user={user}&password={password}&next={next}");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/.periscope/login")
+        .header("host", host)
+        .header("origin", origin(relay, host))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    send(relay, host, req).await
+}
+
+/// Log in and return the `name=value` of the session cookie.
+async fn session_cookie(relay: &TestRelay, host: &str, user: &str, password: &str) -> String {
+    let r = login_as(relay, host, user, password, "/").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "login as {user} on {host}"
+    );
+    cookie_of(&r)
+}
+
+fn cookie_of(r: &http::Response<hyper::body::Incoming>) -> String {
+    let set = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    set.split(';').next().unwrap().to_string()
+}
+
+const BROWSER: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+
+#[tokio::test]
+async fn browsers_go_to_login_and_api_clients_get_401() {
+    let (relay, agents) = setup(|_| {}).await;
+    let r = get(&relay, CAM, "/headers?x=1", &[BROWSER]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        "/.periscope/login?next=/headers%3Fx%3D1"
+    );
+    let r = get(
+        &relay,
+        CAM,
+        "/api/status",
+        &[("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
+    assert!(text(r).await.contains("login required"));
+    let r = send(&relay, CAM, request(Method::POST, CAM, "/api/ptz", &[])).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The login page: self-contained, no scripts, framing refused.
+    let r = get(&relay, CAM, "/.periscope/login?next=/ui3.htm", &[BROWSER]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    let page = text(r).await;
+    assert!(page.contains("name=\"password\"") && page.contains("value=\"/ui3.htm\""));
+    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn login_access_logout() {
+    let (relay, agents) = setup(|_| {}).await;
+    let r = login_as(&relay, CAM, "alice", "alice-password", "%2Fheaders%3Fa%3D1").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        "/headers?a=1",
+        "original URL restored"
+    );
+    let set = r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attr in [
+        "__Host-periscope=",
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=43200",
+    ] {
+        assert!(set.contains(attr), "{attr} missing in {set}");
+    }
+    assert!(!set.contains("Domain"), "{set}");
+    let cookie = cookie_of(&r);
+    // h1 and h2, the session cookie stripped, the recorder's own cookies kept.
+    for h2 in [false, true] {
+        let req = request(
+            Method::GET,
+            CAM,
+            "/headers",
+            &[("cookie", &format!("nvr=1; {cookie}; other=2"))],
+        );
+        let r = https_request(&relay, CAM, h2, req).await;
+        assert_eq!(r.status(), StatusCode::OK, "h2={h2}");
+        let seen = text(r).await;
+        assert!(
+            !seen.contains("periscope"),
+            "session cookie reached the recorder: {seen}"
+        );
+        assert!(seen.contains("cookie: nvr=1; other=2\n"), "{seen}");
+    }
+    // Logout ends the session on the server, not only in the browser.
+    let r = get(&relay, CAM, "/.periscope/logout", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let r = get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Reserved paths never reach the recorder.
+    let r = get(&relay, CAM, "/.periscope/anything", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn cookie_for_one_hostname_never_opens_another() {
+    let (relay, agents) = setup(|_| {}).await;
+    let cam = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    assert_eq!(
+        get(&relay, CAM, "/headers", &[("cookie", &cam)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let r = get(&relay, DOOR, "/headers", &[BROWSER, ("cookie", &cam)]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "cam's cookie must not open door"
+    );
+    // Per-user hostnames: bob may open door only.
+    let r = login_as(&relay, CAM, "bob", "bob-password", "/").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(text(r).await.contains("Wrong user name or password"));
+    let door = session_cookie(&relay, DOOR, "bob", "bob-password").await;
+    assert_eq!(
+        get(&relay, DOOR, "/headers", &[("cookie", &door)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn access_rule_users_limit_who_logs_in() {
+    let (relay, agents) = setup(|c| {
+        c.access.push(AccessRule {
+            host: CAM.into(),
+            users: vec!["bob".into()],
+            ..AccessRule::default()
+        });
+    })
+    .await;
+    // alice may open every hostname herself, but cam's rule names only bob (and bob's own
+    // list does not include cam): nobody gets in.
+    assert_eq!(
+        login_as(&relay, CAM, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_as(&relay, CAM, "bob", "bob-password", "/")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login_as(&relay, DOOR, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn tampered_expired_and_idle_sessions_are_refused() {
+    let (relay, agents) = setup(|c| {
+        c.auth.session_lifetime = Duration::from_secs(3600);
+        c.auth.session_idle = Duration::from_secs(1800);
+    })
+    .await;
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    let mut tampered = cookie.clone().into_bytes();
+    let i = tampered.len() - 1;
+    tampered[i] = if tampered[i] == b'0' { b'1' } else { b'0' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let r = get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &tampered)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    // Used every 20 minutes: alive until its lifetime ends.
+    for _ in 0..2 {
+        relay.clock.advance(Duration::from_secs(1200));
+        assert_eq!(
+            get(&relay, CAM, "/headers", &[("cookie", &cookie)])
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    relay.clock.advance(Duration::from_secs(1201));
+    let r = get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "expired after session_lifetime"
+    );
+    // Idle timeout.
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    relay.clock.advance(Duration::from_secs(1801));
+    let r = get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "ended after session_idle"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn five_failures_ban_the_address_everywhere_until_it_expires() {
+    let (relay, agents) = setup(|_| {}).await;
+    for i in 1..=4 {
+        let r = login_as(&relay, CAM, "alice", "wrong", "/").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    let r = login_as(&relay, CAM, "nosuchuser", "wrong", "/").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "5th failure bans");
+    assert!(text(r).await.contains("banned"));
+    // Banned: even the right password, on every hostname, before any hashing.
+    let r = login_as(&relay, CAM, "alice", "alice-password", "/").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&relay, DOOR, "/", &[BROWSER]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // Visible (and clearable) in the data directory.
+    let bans = relay::access::bans::BanFile::load(&relay.data_dir()).unwrap();
+    assert_eq!(bans.bans.len(), 1);
+    assert_eq!(bans.bans[0].ip.to_string(), "127.0.0.1");
+    assert_eq!(bans.bans[0].user, "nosuchuser");
+    // Default ban_for is 15 minutes.
+    relay.clock.advance(Duration::from_secs(14 * 60));
+    assert_eq!(
+        login_as(&relay, CAM, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    relay.clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        login_as(&relay, CAM, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn ban_cleared_by_hand_is_lifted_at_once() {
+    let (relay, agents) = setup(|c| c.auth.ban_after_failures = 2).await;
+    for _ in 0..2 {
+        login_as(&relay, CAM, "alice", "wrong", "/").await;
+    }
+    assert_eq!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // What `periscope ban clear --all` does.
+    relay::access::bans::BanFile::default()
+        .save(&relay.data_dir())
+        .unwrap();
+    assert_eventually!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status() == StatusCode::SEE_OTHER,
+        5,
+        "ban not lifted"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn share_link_opens_one_hostname_until_it_expires_or_is_revoked() {
+    let (relay, agents) = setup(|_| {}).await;
+    let (token, _) = relay.share_token(CAM, Duration::from_secs(3600));
+    let link = format!("/.periscope/share?t={token}");
+    // Not valid on another hostname.
+    assert_eq!(
+        get(&relay, DOOR, &link, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = get(&relay, CAM, &link, &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], "/");
+    let cookie = cookie_of(&r);
+    assert_eq!(
+        get(&relay, CAM, "/headers", &[("cookie", &cookie)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Tampered link.
+    let bad = format!("{}x", link);
+    assert_eq!(
+        get(&relay, CAM, &bad, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // The session ends with the link.
+    relay.clock.advance(Duration::from_secs(3601));
+    let r = get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&relay, CAM, &link, &[]).await.status(),
+        StatusCode::FORBIDDEN,
+        "expired link"
+    );
+    // Revocation ends the sessions it opened.
+    let (token, jti) = relay.share_token(CAM, Duration::from_secs(3600));
+    let r = get(&relay, CAM, &format!("/.periscope/share?t={token}"), &[]).await;
+    let cookie = cookie_of(&r);
+    assert_eq!(
+        get(&relay, CAM, "/headers", &[("cookie", &cookie)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    relay::token::Revocations::revoke(&relay.data_dir(), &jti, std::time::SystemTime::now())
+        .unwrap();
+    assert_eventually!(
+        get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)])
+            .await
+            .status()
+            == StatusCode::SEE_OTHER,
+        5,
+        "revoked link still opens the hostname"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn allow_ips_skip_the_login_and_deny_ips_win_over_everything() {
+    let (relay, agents) = setup(|c| {
+        c.access.push(AccessRule {
+            host: CAM.into(),
+            allow_ips: vec!["127.0.0.0/8".parse().unwrap()],
+            ..AccessRule::default()
+        });
+        c.access.push(AccessRule {
+            host: DOOR.into(),
+            public: true,
+            deny_ips: vec!["::ffff:127.0.0.1/128".parse().unwrap()],
+            ..AccessRule::default()
+        });
+    })
+    .await;
+    let r = get(
+        &relay,
+        CAM,
+        "/headers",
+        &[("authorization", "Digest username=\"nvr\"")],
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "allow-listed network skips the login"
+    );
+    // The recorder's own credentials pass untouched when the edge did not use them.
+    assert!(text(r)
+        .await
+        .contains("authorization: Digest username=\"nvr\"\n"));
+    let r = get(&relay, DOOR, "/headers", &[]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "deny_ips wins over public"
+    );
+    let r = login_as(&relay, DOOR, "alice", "alice-password", "/").await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "deny_ips wins over a login"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn relay_wide_deny_ips_refuse_the_connection() {
+    let (relay, agents) = setup(|c| c.auth.deny_ips = vec!["127.0.0.1".parse().unwrap()]).await;
+    let tcp = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+    let mut tcp = tcp;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "connection must be closed at once"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn spoofed_forwarded_headers_never_match_allow_ips() {
+    let (relay, agents) = setup(|c| {
+        c.auth.allow_ips = vec!["10.9.9.0/24".parse().unwrap()];
+    })
+    .await;
+    let r = get(
+        &relay,
+        CAM,
+        "/headers",
+        &[
+            BROWSER,
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-real-ip", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::SEE_OTHER,
+        "headers from the visitor are not its address"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn basic_auth_where_enabled_and_never_passed_on() {
+    use base64::Engine;
+    let (relay, agents) = setup(|c| {
+        c.access.push(AccessRule {
+            host: CAM.into(),
+            basic: true,
+            ..AccessRule::default()
+        });
+    })
+    .await;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let good = format!("Basic {}", b64("alice:alice-password"));
+    for _ in 0..2 {
+        // The second time comes from the verified-credentials cache.
+        let r = get(&relay, CAM, "/headers", &[("authorization", &good)]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let seen = text(r).await;
+        assert!(
+            !seen.contains("authorization"),
+            "edge credentials reached the recorder: {seen}"
+        );
+    }
+    let bad = format!("Basic {}", b64("alice:nope"));
+    let r = get(
+        &relay,
+        CAM,
+        "/headers",
+        &[("authorization", &bad), ("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap()
+        .starts_with("Basic realm="));
+    // Door has no basic rule: Basic credentials do not open it.
+    let door = format!("Basic {}", b64("bob:bob-password"));
+    let r = get(
+        &relay,
+        DOOR,
+        "/headers",
+        &[("authorization", &door), ("accept", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn cross_site_login_and_open_redirects_are_refused() {
+    let (relay, agents) = setup(|_| {}).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/.periscope/login")
+        .header("host", CAM)
+        .header("origin", "https://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(
+            "user=alice&password=alice-password&next=/",
+        )))
+        .unwrap();
+    assert_eq!(send(&relay, CAM, req).await.status(), StatusCode::FORBIDDEN);
+    for next in [
+        "%2F%2Fevil.example%2F",
+        "https%3A%2F%2Fevil.example%2F",
+        "%2F%5Cevil.example",
+    ] {
+        let r = login_as(&relay, CAM, "alice", "alice-password", next).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(r.headers()[header::LOCATION], "/", "next={next}");
+    }
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn request_rate_limit_answers_429() {
+    let (relay, agents) = setup(|c| {
+        c.limits.requests_per_second = 1;
+        c.limits.request_burst = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_ne!(
+            get(&relay, CAM, "/", &[BROWSER]).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    let r = get(&relay, CAM, "/", &[BROWSER]).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    relay.clock.advance(Duration::from_secs(2));
+    assert_ne!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let (relay, agents) = setup(|c| c.limits.connections_per_ip = 2).await;
+    let _a = tls_connect(&relay, CAM, b"http/1.1").await;
+    let _b = tls_connect(&relay, CAM, b"http/1.1").await;
+    let mut c = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "third connection must be closed"
+    );
+    drop((_a, _b));
+    assert_eventually!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status() == StatusCode::SEE_OTHER,
+        5,
+        "slots not released"
+    );
+    stop(relay, agents).await;
+}
+
+/// Connect to a raw port and try one echo round trip; false if the relay closed it.
+async fn echo_works(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && &buf == b"ping"
+}
+
+#[tokio::test]
+async fn raw_tcp_port_opens_only_after_a_web_login_on_the_same_agent() {
+    let relay = TestRelay::start_configured(|c| {
+        with_users(c, &[("alice", "alice-password", &[])]);
+    })
+    .await;
+    let web = http_target(Arc::new(tokio::sync::Notify::new())).await;
+    let echo = echo_server().await;
+    let (rtsp, other) = (free_port(), free_port());
+    let mut cam = AgentBuilder::new(&relay, &relay.token("cam", &[rtsp]))
+        .http("cam", web)
+        .tcp("rtsp", echo, rtsp)
+        .start()
+        .await;
+    cam.connected().await;
+    let mut door = AgentBuilder::new(&relay, &relay.token("door", &[other]))
+        .http("door", web)
+        .tcp("raw", echo, other)
+        .start()
+        .await;
+    door.connected().await;
+    assert!(
+        !echo_works(rtsp).await,
+        "raw port must be closed before login"
+    );
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    assert!(echo_works(rtsp).await, "login on cam opens cam's raw port");
+    assert!(!echo_works(other).await, "but not another agent's");
+    // Logout closes it again (for new connections).
+    get(&relay, CAM, "/.periscope/logout", &[("cookie", &cookie)]).await;
+    assert!(!echo_works(rtsp).await);
+    // The session's idle timeout closes it too.
+    session_cookie(&relay, CAM, "alice", "alice-password").await;
+    assert!(echo_works(rtsp).await);
+    relay.clock.advance(Duration::from_secs(3 * 3600));
+    assert!(!echo_works(rtsp).await);
+    cam.stop().await;
+    door.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn port_access_modes_open_and_allow_ips() {
+    let (open, listed) = (free_port(), free_port());
+    let relay = TestRelay::start_configured(|c| {
+        c.port_access.push(relay::config::PortAccessRule {
+            ports: relay::PortRange { lo: open, hi: open },
+            mode: relay::config::PortMode::Open,
+            allow_ips: vec![],
+            deny_ips: vec![],
+        });
+        c.port_access.push(relay::config::PortAccessRule {
+            ports: relay::PortRange {
+                lo: listed,
+                hi: listed,
+            },
+            mode: relay::config::PortMode::AllowIps,
+            allow_ips: vec!["10.0.0.0/8".parse().unwrap()],
+            deny_ips: vec![],
+        });
+    })
+    .await;
+    let echo = echo_server().await;
+    let mut a = AgentBuilder::new(&relay, &relay.token("cam", &[open, listed]))
+        .tcp("open", echo, open)
+        .tcp("listed", echo, listed)
+        .start()
+        .await;
+    a.connected().await;
+    assert!(echo_works(open).await, "mode = open");
+    assert!(!echo_works(listed).await, "127.0.0.1 is not in 10.0.0.0/8");
+    a.stop().await;
+    relay.stop().await;
+}
