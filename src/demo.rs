@@ -247,8 +247,8 @@ impl Demo {
                 "check   curl -k --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
                 h = self.host
             ),
-            format!("login   none yet: {} is public in the demo;", self.host),
-            "        logins arrive with edge access control".to_string(),
+            format!("login   none: {} is public in the demo;", self.host),
+            "        a real relay asks for one (`periscope user add`)".to_string(),
             "stop    Ctrl-C".to_string(),
         ];
         let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
