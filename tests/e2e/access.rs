@@ -748,3 +748,149 @@ async fn port_access_modes_open_and_allow_ips() {
     a.stop().await;
     relay.stop().await;
 }
+
+/// Run the `periscope` binary with `args`, `stdin` piped in; returns (success, stdout, stderr).
+fn periscope(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_periscope"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn cli_manages_users_share_links_and_bans() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "domain = \"relay.localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:8443\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let (ok, _, err) = periscope(
+        &["user", "add", "--config", c, "alice", "--host", CAM],
+        "alice-password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = periscope(
+        &["user", "add", "--config", c, "alice"],
+        "another-password\n",
+    );
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = periscope(&["user", "add", "--config", c, "bob"], "short\n");
+    assert!(!ok && err.contains("at least 8"), "{err}");
+    let users = data.join("users.toml");
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(
+        text.contains("$argon2id$") && !text.contains("alice-password"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::metadata(&users).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (ok, out, _) = periscope(&["user", "list", "--config", c], "");
+    assert!(ok && out.contains("alice\tcam.relay.localhost"), "{out}");
+    // A share link for cam, and its revocation.
+    let (ok, out, err) = periscope(
+        &[
+            "share",
+            "--config",
+            c,
+            "--host",
+            CAM,
+            "--ttl",
+            "1h",
+            "--user-label",
+            "neighbour",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let url = out.trim();
+    assert!(
+        url.starts_with("https://cam.relay.localhost:8443/.periscope/share?t=ey"),
+        "{url}"
+    );
+    let id = err
+        .split("(id ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, _, err) = periscope(&["share", "revoke", "--config", c, &id], "");
+    assert!(ok, "{err}");
+    assert!(std::fs::read_to_string(data.join("revoked.json"))
+        .unwrap()
+        .contains(&id));
+    // Bans: list and clear.
+    relay::access::bans::BanFile {
+        bans: vec![relay::access::bans::Ban {
+            ip: "203.0.113.9".parse().unwrap(),
+            since: 1,
+            until: 0,
+            user: "root".into(),
+        }],
+    }
+    .save(&data)
+    .unwrap();
+    let (ok, out, _) = periscope(&["ban", "list", "--config", c], "");
+    assert!(
+        ok && out.contains("203.0.113.9\tuntil forever") && out.contains("root"),
+        "{out}"
+    );
+    let (ok, _, err) = periscope(&["ban", "clear", "--config", c, "203.0.113.9"], "");
+    assert!(ok && err.contains("lifted 1"), "{err}");
+    let (_, out, _) = periscope(&["ban", "list", "--config", c], "");
+    assert!(out.is_empty(), "{out}");
+    // The user made by the CLI logs in at a relay using that users file; removal ends the session.
+    let relay = TestRelay::start_configured(|c| c.auth.users_file = Some(users.clone())).await;
+    let target = http_target(Arc::new(tokio::sync::Notify::new())).await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    assert_eq!(
+        get(&relay, CAM, "/headers", &[("cookie", &cookie)])
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (ok, _, err) = periscope(&["user", "remove", "--config", c, "alice"], "");
+    assert!(ok, "{err}");
+    assert_eventually!(
+        get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)])
+            .await
+            .status()
+            == StatusCode::SEE_OTHER,
+        5,
+        "removed user's session still works"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
