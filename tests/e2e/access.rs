@@ -651,10 +651,20 @@ async fn connections_per_address_are_capped() {
         "third connection must be closed"
     );
     drop((_a, _b));
+    // A slot is free again when the relay keeps a new connection open (waiting for TLS).
     assert_eventually!(
-        get(&relay, CAM, "/", &[BROWSER]).await.status() == StatusCode::SEE_OTHER,
+        {
+            let mut c = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+            tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf))
+                .await
+                .is_err()
+        },
         5,
         "slots not released"
+    );
+    assert_eq!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status(),
+        StatusCode::SEE_OTHER
     );
     stop(relay, agents).await;
 }

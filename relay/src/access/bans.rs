@@ -81,7 +81,7 @@ pub(crate) struct Policy {
 pub(crate) struct Bans {
     dir: PathBuf,
     policy: Policy,
-    file: Mutex<(BanFile, Option<SystemTime>)>,
+    file: Mutex<(BanFile, Option<super::users::FileStamp>)>,
     failures: Mutex<HashMap<IpAddr, Vec<SystemTime>>>,
 }
 
@@ -97,10 +97,8 @@ impl Bans {
         Ok(b)
     }
 
-    fn mtime(&self) -> Option<SystemTime> {
-        std::fs::metadata(self.dir.join(BanFile::FILE))
-            .and_then(|m| m.modified())
-            .ok()
+    fn mtime(&self) -> Option<super::users::FileStamp> {
+        super::users::FileStamp::of(&self.dir.join(BanFile::FILE))
     }
 
     /// Pick up `periscope ban clear`.

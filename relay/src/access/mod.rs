@@ -359,12 +359,10 @@ pub(crate) fn start_session(
     if let Some(e) = ends {
         expires = expires.min(e);
     }
-    let agent = shared.routes.get(host).map(|r| r.agent.clone());
     let value = a.sessions.create(
         Session {
             host: host.into(),
             holder,
-            agent,
             ip,
             expires,
             last_seen: now,
@@ -394,7 +392,10 @@ pub(crate) fn raw_allowed(shared: &Shared, ip: IpAddr, port: u16, agent: &str) -
         PortMode::Open => true,
         _ if in_any(&[&cfg.auth.allow_ips, rule_allow], ip) => true,
         PortMode::AllowIps => false,
-        PortMode::Login => a.sessions.unlocks(ip, agent, now),
+        // The agent serving the session's hostname now (a hostname can move between agents).
+        PortMode::Login => a.sessions.unlocks(ip, now, |host| {
+            shared.routes.get(host).is_some_and(|r| r.agent == agent)
+        }),
     }
 }
 

@@ -42,8 +42,6 @@ impl std::fmt::Display for Holder {
 pub(crate) struct Session {
     pub(crate) host: String,
     pub(crate) holder: Holder,
-    /// The agent serving `host` at login: its raw ports open to `ip`.
-    pub(crate) agent: Option<String>,
     /// The address that used the session last.
     pub(crate) ip: IpAddr,
     pub(crate) expires: SystemTime,
@@ -150,15 +148,20 @@ impl Sessions {
             .remove(sid)
     }
 
-    /// Does `ip` hold a live session on a hostname of `agent`?
-    pub(crate) fn unlocks(&self, ip: IpAddr, agent: &str, now: SystemTime) -> bool {
+    /// Does `ip` hold a live session on a hostname for which `of_agent` is true?
+    pub(crate) fn unlocks(
+        &self,
+        ip: IpAddr,
+        now: SystemTime,
+        of_agent: impl Fn(&str) -> bool,
+    ) -> bool {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .any(|s| {
                 s.ip == ip
-                    && s.agent.as_deref() == Some(agent)
+                    && of_agent(&s.host)
                     && now < s.expires
                     && now.duration_since(s.last_seen).unwrap_or_default() < self.idle
             })
@@ -185,7 +188,6 @@ mod tests {
         Session {
             host: host.into(),
             holder: Holder::User("alice".into()),
-            agent: Some("cam".into()),
             ip: "192.0.2.1".parse().unwrap(),
             expires: now + Duration::from_secs(3600),
             last_seen: now,
@@ -206,12 +208,13 @@ mod tests {
         assert!(s
             .lookup("x.y", "a.example.com", ip, now, |_| true)
             .is_none());
-        assert!(s.unlocks(ip, "cam", now));
-        assert!(!s.unlocks("192.0.2.2".parse().unwrap(), "cam", now));
+        assert!(s.unlocks(ip, now, |h| h == "a.example.com"));
+        assert!(!s.unlocks(ip, now, |h| h == "b.example.com"));
+        assert!(!s.unlocks("192.0.2.2".parse().unwrap(), now, |_| true));
         // Idle timeout, then gone.
         let later = now + Duration::from_secs(601);
         assert!(s.lookup(&c, "a.example.com", ip, later, |_| true).is_none());
-        assert!(!s.unlocks(ip, "cam", now));
+        assert!(!s.unlocks(ip, now, |_| true));
     }
 
     #[test]

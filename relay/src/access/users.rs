@@ -131,12 +131,25 @@ impl UsersFile {
     }
 }
 
+/// What identifies one version of a file: modification time, inode (our writes replace the
+/// file by a rename) and length, so two writes within one timestamp tick still differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp(SystemTime, u64, u64);
+
+impl FileStamp {
+    pub(crate) fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp(m.modified().ok()?, m.ino(), m.len()))
+    }
+}
+
 /// The users file as the running relay sees it, re-read when its modification time changes.
 #[derive(Debug)]
 pub(crate) struct UserStore {
     path: PathBuf,
     file: RwLock<Arc<UsersFile>>,
-    seen: Mutex<Option<SystemTime>>,
+    seen: Mutex<Option<FileStamp>>,
     /// Verified against when the user does not exist, so that costs the same as a wrong password.
     dummy: String,
 }
@@ -154,9 +167,7 @@ impl UserStore {
     }
 
     pub(crate) fn reload_if_changed(&self) -> Result<bool, RelayError> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let mtime = FileStamp::of(&self.path);
         {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if *seen == mtime && mtime.is_some() {
