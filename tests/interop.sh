@@ -86,6 +86,10 @@ tunnels = "127.0.0.1"
 [[access]]
 host = "cam.relay.localhost"
 public = true
+# Raw ports open only after a web login by default; this one is for the transport checks.
+[[port_access]]
+ports = "$PORT"
+mode = "open"
 TOML
 
 # roundtrip MSG: send, half-close, expect the echo; bounded by a timeout.

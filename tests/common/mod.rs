@@ -95,6 +95,16 @@ impl TestRelay {
         config.listen.https = "127.0.0.1:0".parse().unwrap();
         config.listen.http = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
+        // Every test visitor is 127.0.0.1: the per-address cap (64) would bite load tests.
+        config.limits.connections_per_ip = 4096;
+        // Raw ports are closed until a web login by default; the transport tests are not about
+        // that, so the kit opens them. tests/e2e/access.rs clears this rule to test the default.
+        config.port_access.push(relay::config::PortAccessRule {
+            ports: PortRange { lo: 1, hi: 65535 },
+            mode: relay::config::PortMode::Open,
+            allow_ips: vec![],
+            deny_ips: vec![],
+        });
         f(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -687,6 +687,7 @@ async fn echo_works(port: u16) -> bool {
 #[tokio::test]
 async fn raw_tcp_port_opens_only_after_a_web_login_on_the_same_agent() {
     let relay = TestRelay::start_configured(|c| {
+        c.port_access.clear(); // the production default: login
         with_users(c, &[("alice", "alice-password", &[])]);
     })
     .await;
@@ -729,6 +730,7 @@ async fn raw_tcp_port_opens_only_after_a_web_login_on_the_same_agent() {
 async fn port_access_modes_open_and_allow_ips() {
     let (open, listed) = (free_port(), free_port());
     let relay = TestRelay::start_configured(|c| {
+        c.port_access.clear();
         c.port_access.push(relay::config::PortAccessRule {
             ports: relay::PortRange { lo: open, hi: open },
             mode: relay::config::PortMode::Open,
