@@ -390,9 +390,21 @@ pub struct LimitsConfig {
     /// Time the agent has to connect to its target and answer a new stream.
     #[serde(default = "default_stream_open_timeout", with = "humantime_serde")]
     pub stream_open_timeout: Duration,
-    /// Open visitor connections per tunnel; more are refused.
+    /// Open visitor connections per tcp tunnel, and requests in flight per http hostname;
+    /// more are refused (tcp: closed; http: 503).
     #[serde(default = "default_connections_per_tunnel")]
     pub connections_per_tunnel: usize,
+    /// Live streams (MJPEG, chunked video, event streams) one user may watch at once
+    /// (0: no limit); more are answered 429.
+    #[serde(default)]
+    pub streams_per_user: usize,
+    /// A live stream ends after this long (default: never).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_time_limit: Option<Duration>,
     /// On shutdown, how long in-flight connections may finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -443,6 +455,8 @@ impl Default for LimitsConfig {
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
             connections_per_ip: default_connections_per_ip(),
+            streams_per_user: 0,
+            stream_time_limit: None,
             requests_per_second: default_requests_per_second(),
             request_burst: default_request_burst(),
         }

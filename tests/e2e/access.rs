@@ -906,3 +906,118 @@ async fn cli_manages_users_share_links_and_bans() {
     agent.stop().await;
     relay.stop().await;
 }
+
+/// A recorder with an endless MJPEG stream at `/live` (a part every 50 ms) and a small
+/// snapshot at `/snap`.
+async fn mjpeg_target() -> std::net::SocketAddr {
+    tcp_server(|s| async move {
+        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let resp = if req.uri().path() == "/live" {
+                let (mut tx, body) =
+                    http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(2);
+                tokio::spawn(async move {
+                    while tx
+                        .send_data(Bytes::from_static(
+                            b"--x\r\nContent-Type: image/jpeg\r\n\r\nJPEG\r\n",
+                        ))
+                        .await
+                        .is_ok()
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                });
+                http::Response::builder()
+                    .header("content-type", "multipart/x-mixed-replace; boundary=x")
+                    .body(body.boxed())
+                    .unwrap()
+            } else {
+                http::Response::new(Full::new(Bytes::from_static(b"snapshot")).boxed())
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
+    })
+    .await
+}
+
+async fn mjpeg_relay(f: impl FnOnce(&mut RelayConfig)) -> (TestRelay, TestAgent) {
+    let relay = TestRelay::start_configured(|c| {
+        with_users(c, &[("alice", "alice-password", &[])]);
+        f(c);
+    })
+    .await;
+    let target = mjpeg_target().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    (relay, agent)
+}
+
+#[tokio::test]
+async fn live_streams_per_user_and_stream_time_limit() {
+    let (relay, agent) = mjpeg_relay(|c| {
+        c.limits.streams_per_user = 1;
+        c.limits.stream_time_limit = Some(Duration::from_secs(2));
+    })
+    .await;
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    let first = get(&relay, CAM, "/live", &[("cookie", &cookie)]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let mut body = first.into_body();
+    body.frame().await.unwrap().unwrap();
+    let second = get(&relay, CAM, "/live", &[("cookie", &cookie)]).await;
+    assert_eq!(
+        second.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "one live stream per user"
+    );
+    let snap = get(&relay, CAM, "/snap", &[("cookie", &cookie)]).await;
+    assert_eq!(
+        snap.status(),
+        StatusCode::OK,
+        "snapshots are not live streams"
+    );
+    // The stream ends by itself at stream_time_limit, which frees the user's slot.
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("stream ended at its time limit")
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eventually!(
+        get(&relay, CAM, "/live", &[("cookie", &cookie)])
+            .await
+            .status()
+            == StatusCode::OK,
+        5,
+        "stream slot not released"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_per_hostname_are_capped() {
+    let (relay, agent) = mjpeg_relay(|c| {
+        c.access.push(AccessRule::public(CAM));
+        c.limits.connections_per_tunnel = 1;
+    })
+    .await;
+    let first = get(&relay, CAM, "/live", &[]).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let r = get(&relay, CAM, "/snap", &[]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key(header::RETRY_AFTER));
+    drop(first);
+    assert_eventually!(
+        get(&relay, CAM, "/snap", &[]).await.status() == StatusCode::OK,
+        5,
+        "slot not released when the stream's visitor left"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -76,6 +76,7 @@ fn every_config_key_is_documented() {
     relay.tls.acme_email = Some("a@b".into());
     relay.tls.acme_ca_file = Some("/ca".into());
     relay.auth.users_file = Some("/u".into());
+    relay.limits.stream_time_limit = Some(std::time::Duration::from_secs(60));
     relay.access.push(relay::config::AccessRule {
         host: "h".into(),
         public: true,

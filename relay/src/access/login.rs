@@ -259,6 +259,17 @@ pub(super) fn too_many(retry_after: u64) -> Response<Body> {
     r
 }
 
+pub(super) fn site_busy() -> Response<Body> {
+    let mut r = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Busy",
+        "This site has as many visitors as it allows right now; try again in a moment.",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
 pub(super) fn busy() -> Response<Body> {
     let mut r = page(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ pub mod bans;
 pub mod clock;
 mod limits;
 mod login;
+pub(crate) mod meter;
 mod sessions;
 pub mod users;
 
@@ -66,6 +67,7 @@ pub(crate) struct Access {
     hashing: tokio::sync::Semaphore,
     basic_cache: Mutex<HashMap<Vec<u8>, (String, SystemTime)>>,
     cache_key: hmac::Key,
+    meters: meter::Meters,
 }
 
 /// The 32-byte HMAC key for session cookies, in `DATA_DIR/session.key` (0600).
@@ -106,6 +108,7 @@ impl Access {
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
             basic_cache: Mutex::new(HashMap::new()),
             cache_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+            meters: meter::Meters::default(),
         })
     }
 
@@ -215,19 +218,36 @@ pub(crate) async fn check(
         return Err(login::reserved(shared, v, host, rule, req).await);
     }
     let cookies = take_cookie(req.headers_mut());
+    // Requests in flight per hostname: the slot travels with the response body.
+    // (Same shape as `check` itself: the error is the response to send.)
+    #[allow(clippy::result_large_err)]
+    let admit = |user: Option<String>, req: Request<Incoming>| {
+        let max = cfg.limits.connections_per_tunnel;
+        match a.meters.host_slot(host, max) {
+            Some(slot) => {
+                meter::grant(meter::Grant { user, slot });
+                Ok(req)
+            }
+            None => Err(login::site_busy()),
+        }
+    };
     if rule.is_some_and(|r| r.public) {
-        return Ok(req);
+        return admit(None, req);
     }
     let rule_allow = rule.map_or(&[][..], |r| &r.allow_ips[..]);
     if in_any(&[&cfg.auth.allow_ips, rule_allow], ip) {
-        return Ok(req);
+        return admit(None, req);
     }
     for c in &cookies {
-        if a.sessions
+        if let Some(s) = a
+            .sessions
             .lookup(c, host, ip, now, |s| holder_valid(shared, s))
-            .is_some()
         {
-            return Ok(req);
+            let who = match s.holder {
+                Holder::User(u) => u,
+                Holder::Share { jti, .. } => format!("share:{jti}"),
+            };
+            return admit(Some(who), req);
         }
     }
     if rule.is_some_and(|r| r.basic) {
@@ -249,24 +269,25 @@ pub(crate) async fn check(
                 Some(name) => a
                     .users
                     .get(&name)
-                    .is_some_and(|u| may_login(rule, &u, host)),
+                    .filter(|u| may_login(rule, u, host))
+                    .map(|u| u.name),
                 None => match authenticate(shared, ip, host, rule, &user, &password).await {
                     Ok(u) => {
                         let mut cache = a.basic_cache.lock().unwrap_or_else(|e| e.into_inner());
                         if cache.len() < BASIC_CACHE_MAX {
-                            cache.insert(tag, (u.name, now + BASIC_CACHE_FOR));
+                            cache.insert(tag, (u.name.clone(), now + BASIC_CACHE_FOR));
                         }
-                        true
+                        Some(u.name)
                     }
                     Err(Failure::Busy) => return Err(login::busy()),
                     Err(Failure::Banned(until)) => return Err(login::banned(until)),
-                    Err(Failure::Wrong) => false,
+                    Err(Failure::Wrong) => None,
                 },
             };
-            if ok {
+            if let Some(name) = ok {
                 // The credentials were for the edge: the recorder does not get them.
                 req.headers_mut().remove(header::AUTHORIZATION);
-                return Ok(req);
+                return admit(Some(name), req);
             }
         }
     }

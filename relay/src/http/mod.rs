@@ -138,7 +138,9 @@ async fn connection(
         let ctx = ctx.clone();
         async move {
             let hsts = shared.config.tls.hsts;
-            let mut resp = forward::handle(shared, ctx, req).await;
+            let (resp, grant) =
+                crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req)).await;
+            let mut resp = crate::access::meter::meter(&shared, grant, resp);
             if hsts {
                 resp.headers_mut()
                     .entry(http::header::STRICT_TRANSPORT_SECURITY)

@@ -1,0 +1,203 @@
+//! Limits that last as long as a response: requests in flight per http hostname, live streams
+//! per user, and a time limit per live stream.
+//!
+//! [`check`](super::check) records who was let in (a [`Grant`], through a task-local set up
+//! by [`scoped`]); the edge then wraps the response body with [`meter`], which holds the
+//! hostname's slot and the user's stream slot until the body ends, and ends a live stream at
+//! `limits.stream_time_limit`. Upgraded connections (WebSockets) are not covered: their bytes
+//! are copied outside the response body.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    http::{page, Body},
+    Shared,
+};
+
+tokio::task_local! {
+    static GRANT: RefCell<Option<Grant>>;
+}
+
+/// Who a request was let in for, and the hostname slot it holds.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    /// The user (or share link) counted for live streams; `None` for public rules and
+    /// allow-listed networks.
+    pub(crate) user: Option<String>,
+    pub(crate) slot: OwnedSemaphorePermit,
+}
+
+/// Per-hostname request slots and per-user stream counts.
+#[derive(Debug, Default)]
+pub(crate) struct Meters {
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Meters {
+    /// A request slot on `host`, or `None` when `max` are in flight.
+    pub(crate) fn host_slot(&self, host: &str, max: usize) -> Option<OwnedSemaphorePermit> {
+        let sem = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone();
+        sem.try_acquire_owned().ok()
+    }
+
+    fn stream_slot(&self, user: &str, max: usize) -> Option<StreamSlot> {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(user.to_string()).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            user: user.to_string(),
+            streams: self.streams.clone(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct StreamSlot {
+    user: String,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Record the grant of the request being handled (no-op outside [`scoped`]).
+pub(crate) fn grant(g: Grant) {
+    let _ = GRANT.try_with(|cell| *cell.borrow_mut() = Some(g));
+}
+
+/// Run one request's handler, returning its response and the grant `check` recorded.
+pub(crate) async fn scoped<F: Future>(f: F) -> (F::Output, Option<Grant>) {
+    GRANT
+        .scope(RefCell::new(None), async move {
+            let out = f.await;
+            let g = GRANT.with(|cell| cell.borrow_mut().take());
+            (out, g)
+        })
+        .await
+}
+
+/// A live stream: a response meant to run open-ended (MJPEG, chunked audio/video, SSE).
+fn is_live(resp: &Response<Body>) -> bool {
+    let h = resp.headers();
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    !h.contains_key(header::CONTENT_LENGTH)
+        && (ct.starts_with("multipart/x-mixed-replace")
+            || ct.starts_with("video/")
+            || ct.starts_with("audio/")
+            || ct.starts_with("text/event-stream"))
+}
+
+/// Apply the response-long limits of `grant` to `resp`.
+pub(crate) fn meter(shared: &Shared, grant: Option<Grant>, resp: Response<Body>) -> Response<Body> {
+    let Some(grant) = grant else {
+        return resp;
+    };
+    let limits = &shared.config.limits;
+    let live = is_live(&resp);
+    let stream = match (&grant.user, live) {
+        (Some(user), true) => {
+            match shared
+                .access
+                .meters
+                .stream_slot(user, limits.streams_per_user)
+            {
+                Some(s) => Some(s),
+                None => {
+                    tracing::info!(user = ?user, "live stream refused: streams_per_user reached");
+                    let mut r = page(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many streams",
+                        "You are watching as many live streams as your account allows. Close one and try again.",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+                    return r;
+                }
+            }
+        }
+        _ => None,
+    };
+    let deadline = limits
+        .stream_time_limit
+        .filter(|_| live)
+        .map(|d| Box::pin(tokio::time::sleep(d)));
+    resp.map(|inner| {
+        Metered {
+            inner,
+            _slot: grant.slot,
+            _stream: stream,
+            deadline,
+        }
+        .boxed()
+    })
+}
+
+/// A response body holding its limits until it ends.
+struct Metered {
+    inner: Body,
+    _slot: OwnedSemaphorePermit,
+    _stream: Option<StreamSlot>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(d) = self.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                tracing::debug!("live stream reached stream_time_limit");
+                return Poll::Ready(None);
+            }
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
