@@ -1021,3 +1021,25 @@ async fn requests_in_flight_per_hostname_are_capped() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn many_failures_for_one_user_slow_it_down_without_locking_the_owner_out() {
+    // Addresses are never banned here: this is a botnet spreading guesses below the ban.
+    let (relay, agents) = setup(|c| c.auth.ban_after_failures = 1000).await;
+    for _ in 0..5 {
+        let r = login_as(&relay, CAM, "alice", "guess", "/").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let t0 = std::time::Instant::now();
+    let r = login_as(&relay, CAM, "alice", "alice-password", "/").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "the owner still gets in");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "attempt was not slowed"
+    );
+    // An address that logged in as alice is not slowed any more.
+    let t0 = std::time::Instant::now();
+    login_as(&relay, CAM, "alice", "guess", "/").await;
+    assert!(t0.elapsed() < Duration::from_millis(900));
+    stop(relay, agents).await;
+}

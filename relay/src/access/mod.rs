@@ -20,6 +20,7 @@ mod limits;
 mod login;
 pub(crate) mod meter;
 mod sessions;
+mod throttle;
 pub mod users;
 
 use std::{
@@ -68,6 +69,7 @@ pub(crate) struct Access {
     basic_cache: Mutex<HashMap<Vec<u8>, (String, SystemTime)>>,
     cache_key: hmac::Key,
     meters: meter::Meters,
+    throttle: throttle::Throttle,
 }
 
 /// The 32-byte HMAC key for session cookies, in `DATA_DIR/session.key` (0600).
@@ -109,6 +111,7 @@ impl Access {
             basic_cache: Mutex::new(HashMap::new()),
             cache_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             meters: meter::Meters::default(),
+            throttle: throttle::Throttle::default(),
         })
     }
 
@@ -331,10 +334,16 @@ pub(crate) async fn authenticate(
     password: &str,
 ) -> Result<User, Failure> {
     let a = &shared.access;
+    let name = user.chars().take(128).collect::<String>();
+    let window = shared.config.auth.ban_window;
+    let wait = a.throttle.delay(&name, ip, a.now(), window);
+    if !wait.is_zero() {
+        tracing::info!(visitor.addr = %ip, user = ?name, "many failed logins for this user: slowing down ({wait:?})");
+        tokio::time::sleep(wait).await;
+    }
     let Ok(Ok(_permit)) = tokio::time::timeout(HASHING_WAIT, a.hashing.acquire()).await else {
         return Err(Failure::Busy);
     };
-    let name = user.chars().take(128).collect::<String>();
     let pw = password.chars().take(1024).collect::<String>();
     let users = a.users.clone();
     let who = name.clone();
@@ -346,11 +355,13 @@ pub(crate) async fn authenticate(
     match found {
         Some(u) if may_login(rule, &u, host) => {
             a.bans.success(ip);
+            a.throttle.success(&u.name, ip);
             tracing::info!(visitor.addr = %ip, user = ?u.name, host, "login");
             Ok(u)
         }
         _ => {
             tracing::warn!(visitor.addr = %ip, user = ?name, host, "login failed");
+            a.throttle.failure(&name, now, window);
             if a.bans.failure(ip, &name, now) {
                 tracing::warn!(
                     visitor.addr = %ip,
