@@ -398,6 +398,9 @@ pub struct LimitsConfig {
     /// (0: no limit); more are answered 429.
     #[serde(default)]
     pub streams_per_user: usize,
+    /// Bytes per second an http hostname may send to its visitors in total (0: no cap).
+    #[serde(default)]
+    pub bandwidth_per_tunnel: u64,
     /// A live stream ends after this long (default: never).
     #[serde(
         default,
@@ -456,6 +459,7 @@ impl Default for LimitsConfig {
             shutdown_grace: default_shutdown_grace(),
             connections_per_ip: default_connections_per_ip(),
             streams_per_user: 0,
+            bandwidth_per_tunnel: 0,
             stream_time_limit: None,
             requests_per_second: default_requests_per_second(),
             request_burst: default_request_burst(),

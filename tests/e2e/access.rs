@@ -907,8 +907,8 @@ async fn cli_manages_users_share_links_and_bans() {
     relay.stop().await;
 }
 
-/// A recorder with an endless MJPEG stream at `/live` (a part every 50 ms) and a small
-/// snapshot at `/snap`.
+/// A recorder with an endless MJPEG stream at `/live` (a part every 50 ms), a small
+/// snapshot at `/snap` and 300 kB at `/big`.
 async fn mjpeg_target() -> std::net::SocketAddr {
     tcp_server(|s| async move {
         let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
@@ -930,6 +930,8 @@ async fn mjpeg_target() -> std::net::SocketAddr {
                     .header("content-type", "multipart/x-mixed-replace; boundary=x")
                     .body(body.boxed())
                     .unwrap()
+            } else if req.uri().path() == "/big" {
+                http::Response::new(Full::new(Bytes::from(vec![7u8; 300_000])).boxed())
             } else {
                 http::Response::new(Full::new(Bytes::from_static(b"snapshot")).boxed())
             };
@@ -1042,4 +1044,23 @@ async fn many_failures_for_one_user_slow_it_down_without_locking_the_owner_out()
     login_as(&relay, CAM, "alice", "guess", "/").await;
     assert!(t0.elapsed() < Duration::from_millis(900));
     stop(relay, agents).await;
+}
+
+#[tokio::test]
+async fn bandwidth_per_tunnel_is_capped() {
+    let (relay, agent) = mjpeg_relay(|c| {
+        c.access.push(AccessRule::public(CAM));
+        c.limits.bandwidth_per_tunnel = 100_000;
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let r = get(&relay, CAM, "/big", &[]).await;
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let took = t0.elapsed();
+    assert_eq!(body.len(), 300_000);
+    // 100 kB of burst, then 200 kB at 100 kB/s.
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    agent.stop().await;
+    relay.stop().await;
 }

@@ -34,17 +34,44 @@ tokio::task_local! {
 /// Who a request was let in for, and the hostname slot it holds.
 #[derive(Debug)]
 pub(crate) struct Grant {
+    /// The hostname.
+    pub(crate) host: String,
     /// The user (or share link) counted for live streams; `None` for public rules and
     /// allow-listed networks.
     pub(crate) user: Option<String>,
     pub(crate) slot: OwnedSemaphorePermit,
 }
 
-/// Per-hostname request slots and per-user stream counts.
+/// Per-hostname request slots and bandwidth, and per-user stream counts.
 #[derive(Debug, Default)]
 pub(crate) struct Meters {
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    buckets: Mutex<HashMap<String, Arc<Bucket>>>,
+}
+
+/// A token bucket of bytes, shared by every response of one hostname.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Bucket {
+    /// Take `n` bytes; returns how long to pause before the next frame (the bucket may go
+    /// into debt by one frame).
+    fn charge(&self, n: usize) -> std::time::Duration {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(st.1).as_secs_f64();
+        st.0 = (st.0 + elapsed * self.rate).min(self.rate) - n as f64;
+        st.1 = now;
+        if st.0 >= 0.0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(-st.0 / self.rate)
+        }
+    }
 }
 
 impl Meters {
@@ -58,6 +85,20 @@ impl Meters {
             .or_insert_with(|| Arc::new(Semaphore::new(max)))
             .clone();
         sem.try_acquire_owned().ok()
+    }
+
+    fn bucket(&self, host: &str, rate: u64) -> Arc<Bucket> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_insert_with(|| {
+                Arc::new(Bucket {
+                    rate: rate as f64,
+                    state: Mutex::new((rate as f64, tokio::time::Instant::now())),
+                })
+            })
+            .clone()
     }
 
     fn stream_slot(&self, user: &str, max: usize) -> Option<StreamSlot> {
@@ -157,12 +198,21 @@ pub(crate) fn meter(shared: &Shared, grant: Option<Grant>, resp: Response<Body>)
         .stream_time_limit
         .filter(|_| live)
         .map(|d| Box::pin(tokio::time::sleep(d)));
+    let bucket = (limits.bandwidth_per_tunnel > 0).then(|| {
+        shared
+            .access
+            .meters
+            .bucket(&grant.host, limits.bandwidth_per_tunnel)
+    });
     resp.map(|inner| {
         Metered {
             inner,
             _slot: grant.slot,
             _stream: stream,
             deadline,
+            bucket,
+            pause: None,
+            pending: None,
         }
         .boxed()
     })
@@ -174,6 +224,10 @@ struct Metered {
     _slot: OwnedSemaphorePermit,
     _stream: Option<StreamSlot>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    bucket: Option<Arc<Bucket>>,
+    /// Bandwidth cap: wait before reading the next frame.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    pending: Option<Frame<Bytes>>,
 }
 
 impl hyper::body::Body for Metered {
@@ -190,14 +244,53 @@ impl hyper::body::Body for Metered {
                 return Poll::Ready(None);
             }
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        loop {
+            // Bandwidth cap: a frame that put the hostname's bucket into debt waits its turn.
+            if let Some(p) = self.pause.as_mut() {
+                if p.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.pause = None;
+                if let Some(frame) = self.pending.take() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            let Some(bucket) = &self.bucket else {
+                return polled;
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let wait = frame
+                        .data_ref()
+                        .map_or(std::time::Duration::ZERO, |d| bucket.charge(d.len()));
+                    if wait.is_zero() {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    self.pending = Some(frame);
+                    self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.pending.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let held = self
+            .pending
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(inner.lower() + held);
+        hint
     }
 }

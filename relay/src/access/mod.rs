@@ -228,7 +228,11 @@ pub(crate) async fn check(
         let max = cfg.limits.connections_per_tunnel;
         match a.meters.host_slot(host, max) {
             Some(slot) => {
-                meter::grant(meter::Grant { user, slot });
+                meter::grant(meter::Grant {
+                    host: host.to_string(),
+                    user,
+                    slot,
+                });
                 Ok(req)
             }
             None => Err(login::site_busy()),
