@@ -7,6 +7,7 @@ mod common;
 mod e2e {
     mod access;
     mod auth;
+    mod browser;
     mod config;
     mod demo;
     mod deploy;

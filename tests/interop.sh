@@ -2,7 +2,8 @@
 # Interop suite: the release binary as a user runs it, driven by programs we did not write.
 # Today: `periscope check` on every example config, and a TCP round trip through a relay and
 # an agent started as separate processes, including kill -9 of the relay, token revocation and
-# the relay's graceful shutdown; and `periscope demo`. Every wait is bounded; every process is
+# the relay's graceful shutdown; `periscope demo`; ACME with pebble; and the edge login in
+# headless Chromium. Every wait is bounded; every process is
 # stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -221,5 +222,13 @@ ok "periscope demo exits 0 on SIGINT with a viewer connected"
 # 6. ACME with pebble.
 # shellcheck source=tests/interop/acme.sh
 source tests/interop/acme.sh
+
+# 7. A real browser: headless Chromium (Debian `chromium`) logs in on a protected hostname,
+#    then sees the recorder's page, its MJPEG picture and its WebSocket through the relay, and
+#    logs out (tests/e2e/browser.rs, driven over the DevTools protocol).
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+cargo test --locked --test e2e browser:: -- --ignored >"$WORK/browser.log" 2>&1 \
+  || fail "chromium login flow: $(grep -v '^ *[0-9]*: \|^ *at ' "$WORK/browser.log" | tail -n 30)"
+ok "headless Chromium: login, session cookie, recorder page, MJPEG and WebSocket through the edge, logout"
 
 echo "interop: $pass passed, 0 failed"

@@ -157,19 +157,19 @@ async fn login_post(
 }
 
 /// Is the request from a page of this same hostname? `Origin` (sent by browsers with every
-/// POST) must be `https://HOST[:port]`; without it, `Sec-Fetch-Site` must not say cross-site.
+/// POST) must be `https://HOST[:port]`. An opaque origin (`null`, e.g. under a strict referrer
+/// policy) needs `Sec-Fetch-Site: same-origin`; without `Origin` (non-browser clients),
+/// `Sec-Fetch-Site` must not say cross-site.
 fn same_origin<B>(req: &Request<B>, host: &str) -> bool {
     let h = req.headers();
-    if let Some(o) = h.get(header::ORIGIN) {
-        return o
-            .to_str()
-            .ok()
-            .and_then(|o| o.strip_prefix("https://"))
-            .is_some_and(|o| crate::token::normalize_host(o) == host);
+    let fetch_site = h.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    match h.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        Some("null") => fetch_site == Some("same-origin"),
+        Some(o) => o
+            .strip_prefix("https://")
+            .is_some_and(|o| crate::token::normalize_host(o) == host),
+        None => fetch_site.is_none_or(|v| v == "same-origin" || v == "none"),
     }
-    h.get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v == "same-origin" || v == "none")
 }
 
 /// A visitor without a session: browsers go to the login page and come back to `next`; API
@@ -416,7 +416,8 @@ autocomplete=\"current-password\" required>\
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        // Not `no-referrer`: browsers would then send `Origin: null` with the form.
+        HeaderValue::from_static("same-origin"),
     );
     r
 }
@@ -440,6 +441,38 @@ mod tests {
         ] {
             assert_eq!(safe_next(bad), "/", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn origin_check() {
+        let req = |pairs: &[(&str, &str)]| {
+            let mut b = Request::builder().method("POST").uri("/.periscope/login");
+            for (k, v) in pairs {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let h = "cam.example.com";
+        assert!(same_origin(
+            &req(&[("origin", "https://cam.example.com")]),
+            h
+        ));
+        assert!(same_origin(
+            &req(&[("origin", "https://cam.example.com:8443")]),
+            h
+        ));
+        assert!(!same_origin(&req(&[("origin", "https://evil.example")]), h));
+        assert!(!same_origin(
+            &req(&[("origin", "http://cam.example.com")]),
+            h
+        ));
+        assert!(!same_origin(&req(&[("origin", "null")]), h));
+        assert!(same_origin(
+            &req(&[("origin", "null"), ("sec-fetch-site", "same-origin")]),
+            h
+        ));
+        assert!(!same_origin(&req(&[("sec-fetch-site", "cross-site")]), h));
+        assert!(same_origin(&req(&[]), h), "curl and scripts");
     }
 
     #[test]
