@@ -878,7 +878,8 @@ async fn cli_manages_users_share_links_and_bans() {
     assert!(ok && err.contains("lifted 1"), "{err}");
     let (_, out, _) = periscope(&["ban", "list", "--config", c], "");
     assert!(out.is_empty(), "{out}");
-    // The user made by the CLI logs in at a relay using that users file; removal ends the session.
+    // The user made by the CLI logs in at a relay using that users file; a new password or
+    // removal ends the session.
     let relay = TestRelay::start_configured(|c| c.auth.users_file = Some(users.clone())).await;
     let target = http_target(Arc::new(tokio::sync::Notify::new())).await;
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
@@ -893,6 +894,21 @@ async fn cli_manages_users_share_links_and_bans() {
             .status(),
         StatusCode::OK
     );
+    // A new password ends the sessions opened with the old one.
+    let (ok, _, err) = periscope(
+        &["user", "passwd", "--config", c, "alice"],
+        "new-alice-password\n",
+    );
+    assert!(ok, "{err}");
+    assert_eventually!(
+        get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)])
+            .await
+            .status()
+            == StatusCode::SEE_OTHER,
+        5,
+        "session survived a password change"
+    );
+    let cookie = session_cookie(&relay, CAM, "alice", "new-alice-password").await;
     let (ok, _, err) = periscope(&["user", "remove", "--config", c, "alice"], "");
     assert!(ok, "{err}");
     assert_eventually!(

@@ -138,7 +138,16 @@ async fn login_post(
     let password = form_value(&form, "password").unwrap_or_default();
     let next = safe_next(&form_value(&form, "next").unwrap_or_default());
     match super::authenticate(shared, ip, host, rule, &user, &password).await {
-        Ok(u) => match super::start_session(shared, host, ip, Holder::User(u.name), None) {
+        Ok(u) => match super::start_session(
+            shared,
+            host,
+            ip,
+            Holder::User {
+                stamp: super::sessions::stamp(&u.hash),
+                name: u.name,
+            },
+            None,
+        ) {
             Ok(cookie) => with_cookie(redirect(&next), &cookie),
             Err(e) => {
                 tracing::warn!("cannot start a session: {e}");

@@ -128,8 +128,15 @@ impl Access {
 /// Periodic upkeep (the relay's sweeper calls this every second).
 pub(crate) fn sweep(shared: &Shared) {
     let a = &shared.access;
-    if let Err(e) = a.users.reload_if_changed() {
-        tracing::warn!("cannot read the users file: {e}");
+    match a.users.reload_if_changed() {
+        // Verified Basic credentials are forgotten: a changed password takes effect at once.
+        Ok(true) => a
+            .basic_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("cannot read the users file: {e}"),
     }
     if let Err(e) = a.bans.reload_if_changed() {
         tracing::warn!("cannot read the ban list: {e}");
@@ -155,11 +162,10 @@ fn may_login(rule: Option<&AccessRule>, user: &User, host: &str) -> bool {
 /// Is the holder of session `s` still entitled to it (users file and revocations change)?
 fn holder_valid(shared: &Shared, s: &Session) -> bool {
     match &s.holder {
-        Holder::User(name) => shared
-            .access
-            .users
-            .get(name)
-            .is_some_and(|u| may_login(shared.config.access_rule(&s.host), &u, &s.host)),
+        Holder::User { name, stamp } => shared.access.users.get(name).is_some_and(|u| {
+            sessions::stamp(&u.hash) == *stamp
+                && may_login(shared.config.access_rule(&s.host), &u, &s.host)
+        }),
         Holder::Share { jti, .. } => !shared.revocations.contains(jti),
     }
 }
@@ -251,7 +257,7 @@ pub(crate) async fn check(
             .lookup(c, host, ip, now, |s| holder_valid(shared, s))
         {
             let who = match s.holder {
-                Holder::User(u) => u,
+                Holder::User { name, .. } => name,
                 Holder::Share { jti, .. } => format!("share:{jti}"),
             };
             return admit(Some(who), req);

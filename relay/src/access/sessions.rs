@@ -23,8 +23,9 @@ const MAX_SESSIONS: usize = 20_000;
 /// Who a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Holder {
-    /// A user of the users file.
-    User(String),
+    /// A user of the users file, and a digest of their password hash at login (a new password
+    /// ends the session).
+    User { name: String, stamp: String },
     /// Opened with a share link (its id and label).
     Share { jti: String, label: String },
 }
@@ -32,7 +33,7 @@ pub(crate) enum Holder {
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Holder::User(u) => write!(f, "user {u:?}"),
+            Holder::User { name, .. } => write!(f, "user {name:?}"),
             Holder::Share { jti, label } => write!(f, "share link {jti} ({label:?})"),
         }
     }
@@ -53,6 +54,11 @@ pub(crate) struct Sessions {
     key: hmac::Key,
     idle: Duration,
     map: Mutex<HashMap<String, Session>>,
+}
+
+/// Digest of a password hash, kept in a session instead of the hash itself.
+pub(crate) fn stamp(hash: &str) -> String {
+    hex(&ring::digest::digest(&ring::digest::SHA256, hash.as_bytes()).as_ref()[..16])
 }
 
 fn hex(b: &[u8]) -> String {
@@ -187,7 +193,10 @@ mod tests {
     fn session(host: &str, now: SystemTime) -> Session {
         Session {
             host: host.into(),
-            holder: Holder::User("alice".into()),
+            holder: Holder::User {
+                name: "alice".into(),
+                stamp: String::new(),
+            },
             ip: "192.0.2.1".parse().unwrap(),
             expires: now + Duration::from_secs(3600),
             last_seen: now,
