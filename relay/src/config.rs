@@ -398,7 +398,8 @@ pub struct LimitsConfig {
     /// (0: no limit); more are answered 429.
     #[serde(default)]
     pub streams_per_user: usize,
-    /// Bytes per second an http hostname may send to its visitors in total (0: no cap).
+    /// Bytes per second an http hostname, or a tcp tunnel port, may send to its visitors in
+    /// total (0: no cap). WebSockets are not counted yet.
     #[serde(default)]
     pub bandwidth_per_tunnel: u64,
     /// A live stream ends after this long (default: never).

@@ -10,7 +10,7 @@ use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{session::Bound, Shared};
+use crate::{access::meter::Throttled, session::Bound, Shared};
 
 /// Accept visitors on one tunnel's port until `cancel` fires.
 pub(crate) async fn serve(
@@ -125,13 +125,23 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
     };
-    let copied = match sock {
-        Visitor::Plain(sock) => splice(sock, stream)
+    // Optional bandwidth cap of this port (bytes toward visitors, all connections together).
+    let bucket = crate::access::meter::tcp_bucket(shared, server.port());
+    let mut stream = stream;
+    let copied = match (sock, bucket) {
+        (Visitor::Plain(sock), None) => splice(sock, stream)
             .await
             .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
-        Visitor::Tls(mut tls) => {
-            let mut stream = stream;
+        (Visitor::Plain(sock), Some(b)) => {
+            let mut sock = Throttled::new(sock, b);
+            tokio::io::copy_bidirectional(&mut sock, &mut stream).await
+        }
+        (Visitor::Tls(mut tls), None) => {
             tokio::io::copy_bidirectional(&mut *tls, &mut stream).await
+        }
+        (Visitor::Tls(mut tls), Some(b)) => {
+            let mut tls = Throttled::new(&mut *tls, b);
+            tokio::io::copy_bidirectional(&mut tls, &mut stream).await
         }
     };
     match copied {

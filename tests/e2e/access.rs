@@ -1080,3 +1080,23 @@ async fn bandwidth_per_tunnel_is_capped() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn bandwidth_cap_applies_to_tcp_tunnels() {
+    let port = free_port();
+    let relay = TestRelay::start_configured(|c| c.limits.bandwidth_per_tunnel = 100_000).await;
+    let echo = echo_server().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[port]))
+        .tcp("t", echo, port)
+        .start()
+        .await;
+    agent.connected().await;
+    let t0 = std::time::Instant::now();
+    let back = roundtrip(port, &vec![1u8; 300_000]).await;
+    let took = t0.elapsed();
+    assert_eq!(back.len(), 300_000);
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -50,9 +50,10 @@ pub(crate) struct Meters {
     buckets: Mutex<HashMap<String, Arc<Bucket>>>,
 }
 
-/// A token bucket of bytes, shared by every response of one hostname.
+/// A token bucket of bytes, shared by every response of one hostname (or every connection
+/// of one tcp tunnel port).
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     rate: f64,
     state: Mutex<(f64, tokio::time::Instant)>,
 }
@@ -292,5 +293,70 @@ impl hyper::body::Body for Metered {
         }
         hint.set_lower(inner.lower() + held);
         hint
+    }
+}
+
+/// The bandwidth bucket of tcp tunnel port `port`, when `limits.bandwidth_per_tunnel` is set.
+pub(crate) fn tcp_bucket(shared: &Shared, port: u16) -> Option<Arc<Bucket>> {
+    let rate = shared.config.limits.bandwidth_per_tunnel;
+    (rate > 0).then(|| shared.access.meters.bucket(&format!("tcp:{port}"), rate))
+}
+
+/// A visitor socket whose writes (the bytes toward the visitor) draw from a shared bucket:
+/// after a write that puts the bucket into debt, the next write waits.
+pub(crate) struct Throttled<S> {
+    inner: S,
+    bucket: Arc<Bucket>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Throttled<S> {
+    pub(crate) fn new(inner: S, bucket: Arc<Bucket>) -> Self {
+        Throttled {
+            inner,
+            bucket,
+            pause: None,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Throttled<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(p) = self.pause.as_mut() {
+            if p.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            let wait = self.bucket.charge(n);
+            if !wait.is_zero() {
+                self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
