@@ -127,7 +127,7 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
         &cfg,
         format!(
             "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
-             [limits]\nconnections_per_ip = 100000\n[[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
+             [limits]\nconnections_per_ip = 100000\nnew_connections_per_second = 0\n[[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
             dir.join("data").display()
         ),
     )

@@ -415,6 +415,13 @@ pub struct LimitsConfig {
     /// Open connections per visitor address (https edge and each raw port); more are refused.
     #[serde(default = "default_connections_per_ip")]
     pub connections_per_ip: usize,
+    /// New connections per second per visitor address, sustained (0: no limit); beyond the
+    /// burst they are closed at once (https edge and raw ports together).
+    #[serde(default = "default_new_connections_per_second")]
+    pub new_connections_per_second: u32,
+    /// New connections an address may open at once above the sustained rate.
+    #[serde(default = "default_new_connection_burst")]
+    pub new_connection_burst: u32,
     /// Sustained HTTP requests per second per visitor address (0: no limit); beyond the
     /// burst the edge answers 429 with `Retry-After`.
     #[serde(default = "default_requests_per_second")]
@@ -426,6 +433,12 @@ pub struct LimitsConfig {
 
 fn default_connections_per_ip() -> usize {
     64
+}
+fn default_new_connections_per_second() -> u32 {
+    10
+}
+fn default_new_connection_burst() -> u32 {
+    60
 }
 fn default_requests_per_second() -> u32 {
     50
@@ -459,6 +472,8 @@ impl Default for LimitsConfig {
             connections_per_tunnel: default_connections_per_tunnel(),
             shutdown_grace: default_shutdown_grace(),
             connections_per_ip: default_connections_per_ip(),
+            new_connections_per_second: default_new_connections_per_second(),
+            new_connection_burst: default_new_connection_burst(),
             streams_per_user: 0,
             bandwidth_per_tunnel: 0,
             stream_time_limit: None,
@@ -592,6 +607,9 @@ impl RelayConfig {
         }
         if self.limits.connections_per_ip == 0 {
             return bad("limits.connections_per_ip", "must be at least 1");
+        }
+        if self.limits.new_connections_per_second > 0 && self.limits.new_connection_burst == 0 {
+            return bad("limits.new_connection_burst", "must be at least 1");
         }
         if self.limits.requests_per_second > 0 && self.limits.request_burst == 0 {
             return bad("limits.request_burst", "must be at least 1");

@@ -97,6 +97,7 @@ impl TestRelay {
         config.limits.shutdown_grace = Duration::from_secs(1);
         // Every test visitor is 127.0.0.1: the per-address cap (64) would bite load tests.
         config.limits.connections_per_ip = 4096;
+        config.limits.new_connections_per_second = 0;
         // Raw ports are closed until a web login by default; the transport tests are not about
         // that, so the kit opens them. tests/e2e/access.rs clears this rule to test the default.
         config.port_access.push(relay::config::PortAccessRule {

@@ -1100,3 +1100,33 @@ async fn bandwidth_cap_applies_to_tcp_tunnels() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn new_connections_per_address_are_rate_limited() {
+    let (relay, agents) = setup(|c| {
+        c.limits.new_connections_per_second = 1;
+        c.limits.new_connection_burst = 2;
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            get(&relay, CAM, "/", &[BROWSER]).await.status(),
+            StatusCode::SEE_OTHER
+        );
+    }
+    let mut c = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "third new connection at once must be closed"
+    );
+    relay.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        get(&relay, CAM, "/", &[BROWSER]).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    stop(relay, agents).await;
+}

@@ -64,6 +64,7 @@ pub(crate) struct Access {
     sessions: Sessions,
     pub(crate) bans: bans::Bans,
     rate: limits::RateLimiter,
+    new_conns: limits::RateLimiter,
     conns: limits::ConnCounter,
     hashing: tokio::sync::Semaphore,
     basic_cache: Mutex<HashMap<Vec<u8>, (String, SystemTime)>>,
@@ -106,6 +107,10 @@ impl Access {
                 config.limits.requests_per_second,
                 config.limits.request_burst,
             ),
+            new_conns: limits::RateLimiter::new(
+                config.limits.new_connections_per_second,
+                config.limits.new_connection_burst,
+            ),
             conns: limits::ConnCounter::new(config.limits.connections_per_ip),
             hashing: tokio::sync::Semaphore::new(HASHING_SLOTS),
             basic_cache: Mutex::new(HashMap::new()),
@@ -119,8 +124,10 @@ impl Access {
         self.clock.now()
     }
 
-    /// A connection slot for `ip` (`limits.connections_per_ip`).
+    /// A connection slot for `ip`: within `limits.new_connections_per_second` (and its
+    /// burst) and `limits.connections_per_ip`.
     pub(crate) fn connection(&self, ip: IpAddr) -> Option<ConnGuard> {
+        self.new_conns.check(ip, self.now()).ok()?;
         self.conns.acquire(ip)
     }
 }
