@@ -11,8 +11,9 @@
 //! agent, lets connections drain for `limits.shutdown_grace` and closes.
 //!
 //! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
-//! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
-//! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
+//! directory), `token` (JWT issue/verify for agents and share links, revocations), `registry`
+//! (live sessions by agent name), `session` (one agent), `tcp_tunnel` (public TCP ports),
+//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default).
 
 pub mod access;
 mod acme;

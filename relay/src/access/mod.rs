@@ -1,18 +1,20 @@
 //! Edge access control: the relay is the security boundary, deny by default.
 //!
-//! For each request to an http hostname, [`check`] decides, in this order: refused networks
+//! For each request to an http hostname, `check` decides, in this order: refused networks
 //! (`deny_ips`), banned addresses, the per-address request rate (429), the relay's own pages
-//! under [`RESERVED`] (login, logout, share links — never forwarded), `public` rules,
+//! under `RESERVED` (`/.periscope/`) (login, logout, share links — never forwarded), `public` rules,
 //! allow-listed networks, a session cookie for exactly this hostname, HTTP Basic where the
 //! rule enables it; everything else is sent to the login page (browsers) or answered 401
 //! (API clients). The session cookie (and Basic credentials the edge consumed) are removed
 //! before the request goes on, so the recorder never sees them.
 //!
-//! Raw tcp ports ask [`raw_allowed`]: by default only an address holding a live web session on
+//! Raw tcp ports ask `raw_allowed`: by default only an address holding a live web session on
 //! one of the same agent's hostnames may connect ("login unlocks raw ports").
 //!
 //! Layout: `users` (users file, argon2id), `sessions` (cookies), `bans` (failed logins,
-//! `bans.json`), `limits` (rate and connection limits), `login` (the pages), `clock`.
+//! `bans.json`), `limits` (rate and connection limits), `throttle` (per-user slow-down),
+//! `meter` (limits held by a response: requests in flight, live streams, bandwidth),
+//! `login` (the pages), `clock`.
 
 pub mod bans;
 pub mod clock;
