@@ -894,6 +894,31 @@ async fn cli_manages_users_share_links_and_bans() {
             .status(),
         StatusCode::OK
     );
+    // Disabling ends the session and refuses logins; enabling lets the user in again.
+    let (ok, _, err) = periscope(&["user", "disable", "--config", c, "alice"], "");
+    assert!(ok, "{err}");
+    assert_eventually!(
+        get(&relay, CAM, "/headers", &[BROWSER, ("cookie", &cookie)])
+            .await
+            .status()
+            == StatusCode::SEE_OTHER,
+        5,
+        "disabled user's session still works"
+    );
+    let (_, out, _) = periscope(&["user", "list", "--config", c], "");
+    assert!(out.contains("alice (disabled)"), "{out}");
+    assert_eq!(
+        login_as(&relay, CAM, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (ok, _, err) = periscope(&["user", "enable", "--config", c, "alice"], "");
+    assert!(ok, "{err}");
+    // (Failed logins count toward a ban: wait for the relay's once-a-second reload instead of
+    // retrying.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
     // A new password ends the sessions opened with the old one.
     let (ok, _, err) = periscope(
         &["user", "passwd", "--config", c, "alice"],
