@@ -394,12 +394,12 @@ pub struct LimitsConfig {
     /// more are refused (tcp: closed; http: 503).
     #[serde(default = "default_connections_per_tunnel")]
     pub connections_per_tunnel: usize,
-    /// Live streams (MJPEG, chunked video, event streams) one user may watch at once
-    /// (0: no limit); more are answered 429.
+    /// Live streams (MJPEG, chunked video, event streams, WebSockets) one user may hold at
+    /// once (0: no limit); more are answered 429.
     #[serde(default)]
     pub streams_per_user: usize,
-    /// Bytes per second an http hostname, or a tcp tunnel port, may send to its visitors in
-    /// total (0: no cap). WebSockets are not counted yet.
+    /// Bytes per second an http hostname (responses and WebSockets), or a tcp tunnel port, may
+    /// send to its visitors in total (0: no cap).
     #[serde(default)]
     pub bandwidth_per_tunnel: u64,
     /// A live stream ends after this long (default: never).

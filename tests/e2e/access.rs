@@ -1155,3 +1155,141 @@ async fn new_connections_per_address_are_rate_limited() {
     );
     stop(relay, agents).await;
 }
+
+/// A WebSocket echo target.
+async fn ws_echo_target() -> std::net::SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    tcp_server(|s| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// Open a WebSocket to CAM through the relay with `cookie`; the HTTP status if refused.
+async fn ws_open(relay: &TestRelay, cookie: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let tls = tls_connect(relay, CAM, b"http/1.1").await;
+    let mut req = "wss://cam.relay.localhost/live"
+        .into_client_request()
+        .unwrap();
+    if !cookie.is_empty() {
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    }
+    match tokio_tungstenite::client_async(req, tls).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+async fn ws_echo(ws: &mut Ws, text: &str) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if ws.send(Message::text(text)).await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
+        Ok(Some(Ok(m))) if m == Message::text(text)
+    )
+}
+
+#[tokio::test]
+async fn websockets_count_as_live_streams_and_end_at_the_time_limit() {
+    let relay = TestRelay::start_configured(|c| {
+        with_users(c, &[("alice", "alice-password", &[])]);
+        c.limits.streams_per_user = 1;
+        c.limits.stream_time_limit = Some(Duration::from_secs(2));
+    })
+    .await;
+    let target = ws_echo_target().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    assert_eq!(
+        ws_open(&relay, "").await.err(),
+        Some(401),
+        "no login, no WebSocket"
+    );
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    let mut ws = ws_open(&relay, &cookie).await.expect("first WebSocket");
+    assert!(ws_echo(&mut ws, "one").await);
+    assert_eq!(
+        ws_open(&relay, &cookie).await.err(),
+        Some(429),
+        "one live stream per user"
+    );
+    // The time limit ends the WebSocket (the echo target would keep it forever).
+    let t0 = std::time::Instant::now();
+    let mut ended = false;
+    while t0.elapsed() < Duration::from_secs(8) {
+        if !ws_echo(&mut ws, "tick").await {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ended, "WebSocket outlived stream_time_limit");
+    drop(ws);
+    // Its stream slot was released with the connection.
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok(ws) = ws_open(&relay, &cookie).await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("stream slot not released");
+    assert!(ws_echo(&mut again, "two").await);
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_holds_its_hostname_slot_and_bandwidth_applies() {
+    let relay = TestRelay::start_configured(|c| {
+        c.access.push(AccessRule::public(CAM));
+        c.limits.connections_per_tunnel = 1;
+        c.limits.bandwidth_per_tunnel = 50_000;
+    })
+    .await;
+    let target = ws_echo_target().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", target)
+        .start()
+        .await;
+    agent.connected().await;
+    let mut ws = ws_open(&relay, "").await.expect("websocket");
+    assert_eq!(
+        get(&relay, CAM, "/", &[]).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the WebSocket holds the hostname's only slot"
+    );
+    // 150 kB echoed back at 50 kB/s: about two seconds after the burst.
+    let big = "x".repeat(150_000);
+    let t0 = std::time::Instant::now();
+    assert!(ws_echo(&mut ws, &big).await);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1500), "took {took:?}");
+    drop(ws);
+    assert_eventually!(
+        get(&relay, CAM, "/", &[]).await.status() != StatusCode::SERVICE_UNAVAILABLE,
+        5,
+        "slot not released when the WebSocket closed"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}

@@ -4,8 +4,9 @@
 //! [`check`](super::check) records who was let in (a [`Grant`], through a task-local set up
 //! by [`scoped`]); the edge then wraps the response body with [`meter`], which holds the
 //! hostname's slot and the user's stream slot until the body ends, and ends a live stream at
-//! `limits.stream_time_limit`. Upgraded connections (WebSockets) are not covered: their bytes
-//! are copied outside the response body.
+//! `limits.stream_time_limit`. An upgrade (WebSocket) counts as a live stream; since its bytes
+//! do not flow through a response body, its limits are handed to the visitor's connection
+//! ([`Guarded`], which the edge wraps around every TLS connection) and held until it closes.
 
 use std::{
     cell::RefCell,
@@ -165,13 +166,21 @@ fn is_live(resp: &Response<Body>) -> bool {
             || ct.starts_with("text/event-stream"))
 }
 
-/// Apply the response-long limits of `grant` to `resp`.
-pub(crate) fn meter(shared: &Shared, grant: Option<Grant>, resp: Response<Body>) -> Response<Body> {
+/// Apply the response-long limits of `grant` to `resp`. An upgrade (101, a WebSocket) counts
+/// as a live stream, and its limits are handed to the visitor's connection (`upgrade`), which
+/// holds them until it closes.
+pub(crate) fn meter(
+    shared: &Shared,
+    grant: Option<Grant>,
+    resp: Response<Body>,
+    upgrade: &UpgradeSlot,
+) -> Response<Body> {
     let Some(grant) = grant else {
         return resp;
     };
     let limits = &shared.config.limits;
-    let live = is_live(&resp);
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let live = upgraded || is_live(&resp);
     let stream = match (&grant.user, live) {
         (Some(user), true) => {
             match shared
@@ -205,6 +214,16 @@ pub(crate) fn meter(shared: &Shared, grant: Option<Grant>, resp: Response<Body>)
             .meters
             .bucket(&grant.host, limits.bandwidth_per_tunnel)
     });
+    if upgraded {
+        upgrade.arm(UpgradeLimits {
+            _slot: grant.slot,
+            _stream: stream,
+            deadline,
+            bucket,
+            pause: None,
+        });
+        return resp;
+    }
     resp.map(|inner| {
         Metered {
             inner,
@@ -347,6 +366,127 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<S> {
             let wait = self.bucket.charge(n);
             if !wait.is_zero() {
                 self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The limits an upgraded connection holds.
+struct UpgradeLimits {
+    _slot: OwnedSemaphorePermit,
+    _stream: Option<StreamSlot>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    bucket: Option<Arc<Bucket>>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// One visitor connection's place for the limits of an upgrade on it (HTTP/1.1: after a 101
+/// the connection carries only the WebSocket).
+#[derive(Default)]
+pub(crate) struct UpgradeSlot {
+    armed: std::sync::atomic::AtomicBool,
+    limits: Mutex<Option<UpgradeLimits>>,
+}
+
+impl std::fmt::Debug for UpgradeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpgradeSlot").finish_non_exhaustive()
+    }
+}
+
+impl UpgradeSlot {
+    fn arm(&self, limits: UpgradeLimits) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Some(limits);
+        self.armed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The visitor's connection, carrying the limits of an upgrade made on it: the stream time
+/// limit ends it, the bandwidth cap paces what is written to the visitor, and the hostname and
+/// stream slots are released when it is dropped.
+pub(crate) struct Guarded<T> {
+    inner: T,
+    slot: Arc<UpgradeSlot>,
+}
+
+impl<T> Guarded<T> {
+    pub(crate) fn new(inner: T, slot: Arc<UpgradeSlot>) -> Self {
+        Guarded { inner, slot }
+    }
+}
+
+fn expired(l: &mut UpgradeLimits, cx: &mut Context<'_>) -> bool {
+    l.deadline
+        .as_mut()
+        .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.slot.is_armed() {
+            let mut l = self.slot.limits.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = l.as_mut() {
+                if expired(l, cx) {
+                    // End of stream for the upgraded connection.
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let armed = self.slot.is_armed();
+        if armed {
+            let mut l = self.slot.limits.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = l.as_mut() {
+                if expired(l, cx) {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "stream_time_limit reached",
+                    )));
+                }
+                if let Some(p) = l.pause.as_mut() {
+                    if p.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    l.pause = None;
+                }
+            }
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (true, Poll::Ready(Ok(n))) = (armed, &r) {
+            let mut l = self.slot.limits.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(l) = l.as_mut() {
+                if let Some(b) = &l.bucket {
+                    let wait = b.charge(*n);
+                    if !wait.is_zero() {
+                        l.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                    }
+                }
             }
         }
         r

@@ -133,14 +133,18 @@ async fn connection(
         tasks,
     });
     let grace = shared.config.limits.shutdown_grace;
+    // Limits of a WebSocket made on this connection stay with the connection.
+    let upgrade = Arc::new(crate::access::meter::UpgradeSlot::default());
+    let tls = crate::access::meter::Guarded::new(tls, upgrade.clone());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let ctx = ctx.clone();
+        let upgrade = upgrade.clone();
         async move {
             let hsts = shared.config.tls.hsts;
             let (resp, grant) =
                 crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req)).await;
-            let mut resp = crate::access::meter::meter(&shared, grant, resp);
+            let mut resp = crate::access::meter::meter(&shared, grant, resp, &upgrade);
             if hsts {
                 resp.headers_mut()
                     .entry(http::header::STRICT_TRANSPORT_SECURITY)
