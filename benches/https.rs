@@ -176,7 +176,8 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
     let mut toml = format!(
         "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\n\
          http = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
-         [tls]\nhsts = false\n",
+         [tls]\nhsts = false\n\
+         [limits]\nconnections_per_ip = 100000\nnew_connections_per_second = 0\nrequests_per_second = 0\n",
         dir.join("data").display()
     );
     for (name, _) in targets {

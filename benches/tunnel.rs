@@ -108,7 +108,8 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
     std::fs::write(
         &cfg,
         format!(
-            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n",
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
+             [limits]\nconnections_per_ip = 100000\nnew_connections_per_second = 0\n[[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
             dir.join("data").display()
         ),
     )

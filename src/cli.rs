@@ -31,6 +31,15 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the relay's admin API token (created on first use) and where the API listens.
     AdminToken(RelayRef),
+    /// Manage visitor accounts (the users file; argon2id hashes). A running relay picks up
+    /// changes within a second.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Print a time-limited share link for one hostname (`share revoke ID` ends one).
+    Share(ShareArgs),
+    /// List or lift bans of addresses that failed to log in too often.
+    #[command(subcommand)]
+    Ban(BanCommand),
     /// Validate a relay.toml or agent.toml and print the effective settings.
     Check {
         /// The file to check.
@@ -161,4 +170,106 @@ pub struct RelayRef {
     /// The `periscope relay --dev` relay.
     #[arg(long)]
     pub dev: bool,
+}
+
+/// `periscope user …`. Passwords are read from the terminal (echo off) or from stdin, never
+/// from the command line.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user.
+    Add {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Login name (letters, digits, `._@-`).
+        name: String,
+        /// Hostname (or `*.domain`) this user may open (repeatable; default: all).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Remove a user; their sessions end.
+    Remove {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Login name.
+        name: String,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        relay: RelayRef,
+    },
+    /// Change a user's password.
+    Passwd {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Login name.
+        name: String,
+    },
+    /// Disable a user (their sessions end) without deleting them.
+    Disable {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Login name.
+        name: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// Login name.
+        name: String,
+    },
+}
+
+/// `periscope share --host H --ttl 24h`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ShareArgs {
+    /// `revoke`.
+    #[command(subcommand)]
+    pub command: Option<ShareCommand>,
+    #[command(flatten)]
+    pub relay: Option<RelayRef>,
+    /// The hostname the link opens (and only that one).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Lifetime of the link, e.g. 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    /// Who the link is for (shown in the relay's log).
+    #[arg(long, default_value = "")]
+    pub user_label: String,
+}
+
+/// `periscope share revoke`
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Revoke a share link by its id; sessions opened with it end within seconds.
+    Revoke {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// The link id printed by `periscope share`.
+        id: String,
+    },
+}
+
+/// `periscope ban …`
+#[derive(Debug, Subcommand)]
+pub enum BanCommand {
+    /// List banned addresses.
+    List {
+        #[command(flatten)]
+        relay: RelayRef,
+    },
+    /// Lift the ban of an address (or all with --all).
+    Clear {
+        #[command(flatten)]
+        relay: RelayRef,
+        /// The address.
+        #[arg(required_unless_present = "all")]
+        ip: Option<std::net::IpAddr>,
+        /// Lift every ban.
+        #[arg(long)]
+        all: bool,
+    },
 }

@@ -112,10 +112,7 @@ async fn start_parts(
     config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
     config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
     config.limits.shutdown_grace = Duration::from_secs(2);
-    config.access.push(AccessRule {
-        host: host.clone(),
-        public: true,
-    });
+    config.access.push(AccessRule::public(&host));
     let relay = match Relay::bind(config.clone()).await {
         Err(RelayError::Bind { addr, error })
             if opts.https_port.is_none() && addr.starts_with("tcp") =>
@@ -251,8 +248,8 @@ impl Demo {
                 h = self.host
             ),
             format!("status  {}", self.admin_url),
-            format!("login   none yet: {} is public in the demo;", self.host),
-            "        logins arrive with edge access control".to_string(),
+            format!("login   none: {} is public in the demo;", self.host),
+            "        a real relay asks for one (`periscope user add`)".to_string(),
             "stop    Ctrl-C".to_string(),
         ];
         let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);

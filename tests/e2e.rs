@@ -5,8 +5,10 @@
 mod common;
 
 mod e2e {
+    mod access;
     mod admin;
     mod auth;
+    mod browser;
     mod config;
     mod demo;
     mod deploy;

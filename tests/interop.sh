@@ -3,9 +3,10 @@
 # Today: `periscope check` on every example config, a TCP round trip through a relay and an
 # agent started as separate processes, curl through the HTTPS edge (HTTP/1.1 and HTTP/2:
 # 100 MiB each way with sha256 checks, an endless MJPEG stream read with `curl -N`), kill -9 of
-# the relay, token revocation, the relay's graceful shutdown, `periscope demo`, and ACME with
-# pebble (http-01, tls-alpn-01), and coturn behind a udp tunnel (STUN binding, TURN allocation
-# and relaying). Every wait is bounded; every process is stopped by PID.
+# the relay, token revocation, the relay's graceful shutdown, the admin API, `periscope demo`
+# (and its page in headless Chromium), ACME with pebble (http-01, tls-alpn-01), coturn behind a
+# udp tunnel (STUN binding, TURN allocation and relaying), and the edge login in headless
+# Chromium. Every wait is bounded; every process is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -116,9 +117,16 @@ http = "127.0.0.1:$HTTP"
 admin = "127.0.0.1:$ADMIN"
 quic = "127.0.0.1:$QUIC"
 tunnels = "127.0.0.1"
+[limits]
+# The reconnect timings below probe in tight loops from one address.
+new_connections_per_second = 0
 [[access]]
 host = "cam.relay.localhost"
 public = true
+# Raw ports open only after a web login by default; this one is for the transport checks.
+[[port_access]]
+ports = "$PORT"
+mode = "open"
 TOML
 
 # roundtrip MSG: send, half-close, expect the echo; bounded by a timeout.
@@ -302,5 +310,13 @@ source tests/interop/acme.sh
 # 7. UDP tunnels with coturn (STUN binding, TURN allocation and relay).
 # shellcheck source=tests/interop/coturn.sh
 source tests/interop/coturn.sh
+
+# 8. A real browser: headless Chromium (Debian `chromium`) logs in on a protected hostname,
+#    then sees the recorder's page, its MJPEG picture and its WebSocket through the relay, and
+#    logs out (tests/e2e/browser.rs, driven over the DevTools protocol).
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+cargo test --locked --test e2e browser:: -- --ignored >"$WORK/browser.log" 2>&1 \
+  || fail "chromium login flow: $(grep -v '^ *[0-9]*: \|^ *at ' "$WORK/browser.log" | tail -n 30)"
+ok "headless Chromium: login, session cookie, recorder page, MJPEG and WebSocket through the edge, logout"
 
 echo "interop: $pass passed, 0 failed"

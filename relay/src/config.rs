@@ -35,20 +35,151 @@ pub struct RelayConfig {
     #[serde(default)]
     pub quic: QuicConfig,
     /// Access rules for http hostnames. Deny by default: a hostname without a rule saying
-    /// `public = true` is refused (logins arrive with the edge access control).
+    /// `public = true` needs a login by a user of the relay.
     #[serde(default, rename = "access", skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRule>,
+    /// Access rules for the public ports of tcp/udp tunnels (default for every port: `login`).
+    #[serde(default, rename = "port_access", skip_serializing_if = "Vec::is_empty")]
+    pub port_access: Vec<PortAccessRule>,
 }
 
 /// One `[[access]]` rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRule {
-    /// Hostname (exact, or `*.domain` for one label).
+    /// Hostname (exact, or `*.domain` for one label). An exact rule wins over a pattern.
     pub host: String,
     /// Open to everyone on the internet, without a login.
     #[serde(default)]
     pub public: bool,
+    /// Users who may log in to this hostname (empty: every user whose own `hosts` allow it).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Accept HTTP Basic credentials of the same users (API clients, mobile apps). The edge
+    /// then consumes the `Authorization` header: the recorder never sees it.
+    #[serde(default)]
+    pub basic: bool,
+    /// Visitors from these networks skip the login.
+    #[serde(default)]
+    pub allow_ips: Vec<Cidr>,
+    /// Visitors from these networks are refused (wins over everything).
+    #[serde(default)]
+    pub deny_ips: Vec<Cidr>,
+}
+
+impl AccessRule {
+    /// A rule opening `host` to everyone.
+    pub fn public(host: &str) -> Self {
+        AccessRule {
+            host: host.into(),
+            public: true,
+            ..AccessRule::default()
+        }
+    }
+}
+
+/// Who may use a tcp/udp tunnel's public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortMode {
+    /// Only addresses that hold a valid web session on a hostname of the same agent (or are
+    /// in an `allow_ips` list).
+    #[default]
+    Login,
+    /// Only addresses in `allow_ips` (this rule's or `auth.allow_ips`).
+    AllowIps,
+    /// Everyone (except `deny_ips` and banned addresses).
+    Open,
+}
+
+/// One `[[port_access]]` rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortAccessRule {
+    /// Port or range, e.g. `554` or `8000-8100`.
+    pub ports: crate::token::PortRange,
+    /// `login` (default), `allow_ips` or `open`.
+    #[serde(default)]
+    pub mode: PortMode,
+    /// Networks allowed without a login.
+    #[serde(default)]
+    pub allow_ips: Vec<Cidr>,
+    /// Networks refused.
+    #[serde(default)]
+    pub deny_ips: Vec<Cidr>,
+}
+
+/// An IPv4 or IPv6 network, written `203.0.113.0/24`, `2001:db8::/32` or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Does the network contain `ip`? IPv4-mapped IPv6 addresses match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not an address or network like 192.168.1.0/24");
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        // `::ffff:a.b.c.d/n` is the IPv4 network `a.b.c.d/(n-96)`: visitors are compared as IPv4.
+        if let (IpAddr::V6(v6), true) = (addr, prefix >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Cidr {
+                    addr: IpAddr::V4(v4),
+                    prefix: prefix - 96,
+                });
+            }
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        format!("{}/{}", c.addr, c.prefix)
+    }
 }
 
 /// `[listen]`
@@ -184,12 +315,72 @@ impl TlsConfig {
     }
 }
 
-/// `[auth]`
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[auth]`: agent tokens, and the visitors' logins at the edge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Ed25519 key that signs agent tokens (default `DATA_DIR/relay.key`, created 0600).
+    /// Ed25519 key that signs agent tokens and share links (default `DATA_DIR/relay.key`,
+    /// created 0600).
     pub key_file: Option<PathBuf>,
+    /// Visitor accounts (default `DATA_DIR/users.toml`), managed with `periscope user`.
+    pub users_file: Option<PathBuf>,
+    /// Failed logins from one address within `ban_window` that ban it.
+    #[serde(default = "default_ban_after")]
+    pub ban_after_failures: u32,
+    /// Window in which failures are counted.
+    #[serde(default = "default_ban_window", with = "humantime_serde")]
+    pub ban_window: Duration,
+    /// How long a ban lasts.
+    #[serde(default = "default_ban_for", with = "humantime_serde")]
+    pub ban_for: Duration,
+    /// Bans never expire (clear them with `periscope ban clear`).
+    #[serde(default)]
+    pub ban_forever: bool,
+    /// Lifetime of a login session.
+    #[serde(default = "default_session_lifetime", with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// A session unused this long ends.
+    #[serde(default = "default_session_idle", with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// Networks that skip the login on every hostname and may use every raw port.
+    #[serde(default)]
+    pub allow_ips: Vec<Cidr>,
+    /// Networks refused everywhere (wins over everything).
+    #[serde(default)]
+    pub deny_ips: Vec<Cidr>,
+}
+
+fn default_ban_after() -> u32 {
+    5
+}
+fn default_ban_window() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_ban_for() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_session_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
+}
+fn default_session_idle() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            key_file: None,
+            users_file: None,
+            ban_after_failures: default_ban_after(),
+            ban_window: default_ban_window(),
+            ban_for: default_ban_for(),
+            ban_forever: false,
+            session_lifetime: default_session_lifetime(),
+            session_idle: default_session_idle(),
+            allow_ips: Vec::new(),
+            deny_ips: Vec::new(),
+        }
+    }
 }
 
 /// `[limits]`
@@ -228,9 +419,25 @@ pub struct LimitsConfig {
     /// `connect_timeout` (then 504) and a tcp visitor is refused.
     #[serde(default = "default_streams_per_agent")]
     pub streams_per_agent: usize,
-    /// Open visitor connections per tunnel; more are refused.
+    /// Open visitor connections per tcp tunnel, and requests in flight per http hostname;
+    /// more are refused (tcp: closed; http: 503).
     #[serde(default = "default_connections_per_tunnel")]
     pub connections_per_tunnel: usize,
+    /// Live streams (MJPEG, chunked video, event streams, WebSockets) one user may hold at
+    /// once (0: no limit); more are answered 429.
+    #[serde(default)]
+    pub streams_per_user: usize,
+    /// Bytes per second an http hostname (responses and WebSockets), or a tcp tunnel port, may
+    /// send to its visitors in total (0: no cap).
+    #[serde(default)]
+    pub bandwidth_per_tunnel: u64,
+    /// A live stream ends after this long (default: never).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_time_limit: Option<Duration>,
     /// On shutdown, how long in-flight connections may finish.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -249,6 +456,23 @@ pub struct LimitsConfig {
     /// past it packets are dropped and counted.
     #[serde(default = "default_udp_packets_per_second")]
     pub udp_packets_per_second: u32,
+    /// Open connections per visitor address (https edge and each raw port); more are refused.
+    #[serde(default = "default_connections_per_ip")]
+    pub connections_per_ip: usize,
+    /// New connections per second per visitor address, sustained (0: no limit); beyond the
+    /// burst they are closed at once (https edge and raw ports together).
+    #[serde(default = "default_new_connections_per_second")]
+    pub new_connections_per_second: u32,
+    /// New connections an address may open at once above the sustained rate.
+    #[serde(default = "default_new_connection_burst")]
+    pub new_connection_burst: u32,
+    /// Sustained HTTP requests per second per visitor address (0: no limit); beyond the
+    /// burst the edge answers 429 with `Retry-After`.
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    /// Requests a visitor address may make at once above the sustained rate.
+    #[serde(default = "default_request_burst")]
+    pub request_burst: u32,
 }
 
 fn default_udp_flow_idle() -> Duration {
@@ -262,6 +486,21 @@ fn default_udp_flows_per_visitor() -> usize {
 }
 fn default_udp_packets_per_second() -> u32 {
     50_000
+}
+fn default_connections_per_ip() -> usize {
+    64
+}
+fn default_new_connections_per_second() -> u32 {
+    10
+}
+fn default_new_connection_burst() -> u32 {
+    60
+}
+fn default_requests_per_second() -> u32 {
+    50
+}
+fn default_request_burst() -> u32 {
+    500
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -314,6 +553,14 @@ impl Default for LimitsConfig {
             udp_flows_per_tunnel: default_udp_flows_per_tunnel(),
             udp_flows_per_visitor: default_udp_flows_per_visitor(),
             udp_packets_per_second: default_udp_packets_per_second(),
+            connections_per_ip: default_connections_per_ip(),
+            new_connections_per_second: default_new_connections_per_second(),
+            new_connection_burst: default_new_connection_burst(),
+            streams_per_user: 0,
+            bandwidth_per_tunnel: 0,
+            stream_time_limit: None,
+            requests_per_second: default_requests_per_second(),
+            request_burst: default_request_burst(),
         }
     }
 }
@@ -399,6 +646,7 @@ impl RelayConfig {
             limits: LimitsConfig::default(),
             quic: QuicConfig::default(),
             access: Vec::new(),
+            port_access: Vec::new(),
         }
     }
 
@@ -473,14 +721,75 @@ impl RelayConfig {
         if self.limits.connections_per_tunnel == 0 {
             return bad("limits.connections_per_tunnel", "must be at least 1");
         }
+        if self.limits.connections_per_ip == 0 {
+            return bad("limits.connections_per_ip", "must be at least 1");
+        }
+        if self.limits.new_connections_per_second > 0 && self.limits.new_connection_burst == 0 {
+            return bad("limits.new_connection_burst", "must be at least 1");
+        }
+        if self.limits.requests_per_second > 0 && self.limits.request_burst == 0 {
+            return bad("limits.request_burst", "must be at least 1");
+        }
+        if self.auth.ban_after_failures == 0 {
+            return bad("auth.ban_after_failures", "must be at least 1");
+        }
+        if self.auth.session_lifetime.is_zero() || self.auth.session_idle.is_zero() {
+            return bad(
+                "auth.session_lifetime",
+                "and session_idle must be longer than 0s",
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.access {
+            let host = crate::token::normalize_host(&a.host);
+            if host.is_empty() {
+                return bad("access.host", "must be a hostname or *.domain");
+            }
+            if !seen.insert(host) {
+                return bad("access.host", &format!("`{}` has two rules", a.host));
+            }
+            if a.public && (a.basic || !a.users.is_empty()) {
+                return bad(
+                    "access.public",
+                    &format!(
+                        "`{}`: a public rule cannot also name users or basic",
+                        a.host
+                    ),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The `[[access]]` rule for `host`: an exact rule, else a matching `*.domain` pattern.
+    pub fn access_rule(&self, host: &str) -> Option<&AccessRule> {
+        let host = crate::token::normalize_host(host);
+        self.access
+            .iter()
+            .find(|a| crate::token::normalize_host(&a.host) == host)
+            .or_else(|| {
+                self.access
+                    .iter()
+                    .find(|a| crate::token::host_matches(&a.host, &host))
+            })
     }
 
     /// Is `host` open to everyone by a `public = true` rule?
     pub fn is_public(&self, host: &str) -> bool {
-        self.access
-            .iter()
-            .any(|a| a.public && crate::token::host_matches(&a.host, host))
+        self.access_rule(host).is_some_and(|a| a.public)
+    }
+
+    /// The `[[port_access]]` rule for a raw port, if any (first match).
+    pub fn port_rule(&self, port: u16) -> Option<&PortAccessRule> {
+        self.port_access.iter().find(|r| r.ports.contains(port))
+    }
+
+    /// Path of the users file.
+    pub fn users_file(&self) -> PathBuf {
+        self.auth
+            .users_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("users.toml"))
     }
 
     /// Path of the token signing key.
@@ -489,5 +798,51 @@ impl RelayConfig {
             .key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("relay.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let lan: Cidr = "192.168.1.0/24".parse().unwrap();
+        assert!(lan.contains(ip("192.168.1.77")));
+        assert!(lan.contains(ip("::ffff:192.168.1.77")));
+        assert!(!lan.contains(ip("192.168.2.1")));
+        assert!(!lan.contains(ip("2001:db8::1")));
+        let one: Cidr = "203.0.113.7".parse().unwrap();
+        assert!(one.contains(ip("203.0.113.7")) && !one.contains(ip("203.0.113.8")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("8.8.8.8")));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::1")));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains(ip("10.1.2.3")));
+        assert_eq!(String::from(mapped), "10.0.0.0/8");
+        for bad in ["10.0.0.0/33", "x", "10.0.0/8", "::/129", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exact_access_rule_wins_over_pattern() {
+        let mut c = RelayConfig::dev("/x".into());
+        c.access.push(AccessRule::public("*.example.com"));
+        c.access.push(AccessRule {
+            host: "cam.example.com".into(),
+            ..AccessRule::default()
+        });
+        assert!(!c.is_public("cam.example.com"));
+        assert!(c.is_public("door.example.com"));
+        assert!(!c.is_public("example.com"));
+        assert!(c.validate().is_ok());
+        c.access.push(AccessRule::public("CAM.example.com."));
+        assert!(c.validate().is_err(), "two rules for one host");
     }
 }

@@ -11,9 +11,11 @@
 //! agent, lets connections drain for `limits.shutdown_grace` and closes.
 //!
 //! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
-//! directory), `token` (JWT issue/verify, revocations), `registry` (live sessions by agent
-//! name), `session` (one agent), `tcp_tunnel` (public TCP ports), `http` (HTTPS edge).
+//! directory), `token` (JWT issue/verify for agents and share links, revocations), `registry`
+//! (live sessions by agent name), `session` (one agent), `tcp_tunnel` (public TCP ports),
+//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default).
 
+pub mod access;
 mod acme;
 pub mod admin;
 mod certs;
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: metrics::Metrics,
     /// Counters of every udp tunnel, by agent and tunnel name.
     pub(crate) udp: UdpMetrics,
+    /// Visitor access control: users, sessions, bans, limits.
+    pub(crate) access: access::Access,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -78,10 +82,20 @@ pub struct Relay {
 impl Relay {
     /// Load (or create) the identity in `config.data_dir` and bind the QUIC listener.
     pub async fn bind(config: RelayConfig) -> Result<Relay, RelayError> {
+        Self::bind_with_clock(config, Arc::new(access::SystemClock)).await
+    }
+
+    /// Like [`bind`](Relay::bind), with the clock that bans, sessions and share links read
+    /// (tests move it forward).
+    pub async fn bind_with_clock(
+        config: RelayConfig,
+        clock: Arc<dyn access::Clock>,
+    ) -> Result<Relay, RelayError> {
         config.validate()?;
         let id = identity::load(&config)?;
         let keys = TokenKeys::new(&id.signing_pkcs8, &config.domain)?;
         let revocations = token::Revocations::load(&config.data_dir)?;
+        let access = access::Access::new(&config, clock)?;
         let fallback = certs::Cert::from_der(id.certs.clone(), id.key.clone_key())?;
         let store = Arc::new(certs::CertStore::new(&config, fallback.key)?);
         let acme = store.source() == config::CertSource::Acme;
@@ -154,6 +168,7 @@ impl Relay {
                 metrics: metrics::Metrics::default(),
                 certs: store,
                 udp: UdpMetrics::default(),
+                access,
             }),
             endpoint,
             https,
@@ -295,8 +310,9 @@ impl Relay {
     }
 }
 
-/// Every second: pick up revocations written by `periscope token revoke`, and close sessions
-/// whose token was revoked or has expired.
+/// Every second: pick up revocations written by `periscope token revoke` (and `share
+/// revoke`), the users file and the ban list; close sessions whose token was revoked or has
+/// expired; forget expired visitor sessions and bans.
 async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,6 +324,7 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
         if let Err(e) = shared.revocations.reload_if_changed() {
             tracing::warn!("cannot read the revocation list: {e}");
         }
+        access::sweep(&shared);
         let now = token::unix_now(std::time::SystemTime::now());
         shared.registry.close_where(|s| {
             if shared.revocations.contains(&s.jti) {

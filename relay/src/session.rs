@@ -445,6 +445,7 @@ async fn run_session(
                 b,
                 conn.clone(),
                 streams.clone(),
+                claims.sub.clone(),
                 cancel.clone(),
                 tasks.clone(),
             )

@@ -10,7 +10,7 @@ use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{session::Bound, Shared};
+use crate::{access::meter::Throttled, session::Bound, Shared};
 
 /// Accept visitors on one tunnel's port until `cancel` fires.
 pub(crate) async fn serve(
@@ -18,10 +18,12 @@ pub(crate) async fn serve(
     bound: Bound,
     conn: Connection,
     streams: Arc<Semaphore>,
+    agent: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(shared.config.limits.connections_per_tunnel));
+    let port = bound.listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -35,6 +37,17 @@ pub(crate) async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        // Login unlocks raw ports: closed at once to addresses without a web session on one
+        // of this agent's hostnames (or per `[[port_access]]`).
+        if !crate::access::raw_allowed(&shared, peer.ip(), port, &agent) {
+            tracing::debug!(visitor.addr = %peer, "raw port closed to this address");
+            drop(sock);
+            continue;
+        }
+        let Some(slot) = shared.access.connection(peer.ip()) else {
+            tracing::debug!(visitor.addr = %peer, "too many connections from this address; refusing");
+            continue;
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(visitor.addr = %peer, "connection limit reached for this tunnel; refusing");
@@ -57,7 +70,7 @@ pub(crate) async fn serve(
         tasks.spawn(
             async move {
                 visitor(&shared, conn, tunnel, sock, tls).await;
-                drop((permit, stream));
+                drop((permit, stream, slot));
             }
             .instrument(span),
         );
@@ -113,14 +126,24 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
             return;
         }
     };
+    // Optional bandwidth cap of this port (bytes toward visitors, all connections together).
+    let bucket = crate::access::meter::tcp_bucket(shared, server.port());
     let idle = Some(shared.config.limits.idle_timeout);
-    let copied = match sock {
-        Visitor::Plain(sock) => splice(sock, stream, idle)
+    let mut stream = stream;
+    let copied = match (sock, bucket) {
+        (Visitor::Plain(sock), None) => splice(sock, stream, idle)
             .await
             .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
-        Visitor::Tls(mut tls) => {
-            let mut stream = stream;
+        (Visitor::Plain(sock), Some(b)) => {
+            let mut sock = Throttled::new(sock, b);
+            copy_bidirectional_idle(&mut sock, &mut stream, idle).await
+        }
+        (Visitor::Tls(mut tls), None) => {
             copy_bidirectional_idle(&mut *tls, &mut stream, idle).await
+        }
+        (Visitor::Tls(mut tls), Some(b)) => {
+            let mut tls = Throttled::new(&mut *tls, b);
+            copy_bidirectional_idle(&mut tls, &mut stream, idle).await
         }
     };
     match copied {

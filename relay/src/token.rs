@@ -273,6 +273,71 @@ impl TokenKeys {
     }
 }
 
+/// Claims of a share link: one hostname, for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareClaims {
+    /// Issuer, always [`ISSUER`].
+    pub iss: String,
+    /// Audience: `share:` + the relay's domain (never valid as an agent token, nor the reverse).
+    pub aud: String,
+    /// The hostname it opens.
+    pub sub: String,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+    /// Expires at (unix seconds).
+    pub exp: u64,
+    /// Link id, for revocation (`periscope share revoke`).
+    pub jti: String,
+    /// Who it was made for (shown in logs).
+    #[serde(default)]
+    pub label: String,
+}
+
+impl TokenKeys {
+    fn share_audience(&self) -> String {
+        format!("share:{}", self.audience)
+    }
+
+    /// Sign a share link token for `host`, valid `ttl` from `now`.
+    pub fn issue_share(
+        &self,
+        host: &str,
+        label: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<(String, ShareClaims), RelayError> {
+        let iat = unix_now(now);
+        let claims = ShareClaims {
+            iss: ISSUER.into(),
+            aud: self.share_audience(),
+            sub: normalize_host(host),
+            iat,
+            exp: iat.saturating_add(ttl.as_secs()),
+            jti: identity::random_hex(16)?,
+            label: label.into(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.enc)
+            .map_err(|e| RelayError::Key(format!("signing share link: {e}")))?;
+        Ok((token, claims))
+    }
+
+    /// Verify a share link token at `now` (no leeway: a link ends when it says).
+    pub fn verify_share(&self, token: &str, now: SystemTime) -> Result<ShareClaims, TokenError> {
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_issuer(&[ISSUER]);
+        v.set_audience(&[self.share_audience()]);
+        v.set_required_spec_claims(&["exp", "iat", "sub", "aud", "iss"]);
+        v.validate_exp = false;
+        let c = jsonwebtoken::decode::<ShareClaims>(token, &self.dec, &v)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?
+            .claims;
+        if unix_now(now) >= c.exp {
+            return Err(TokenError::Expired(c.exp));
+        }
+        Ok(c)
+    }
+}
+
 /// Revoked token ids, persisted as JSON in the data directory and re-read when the file
 /// changes (so `periscope token revoke` reaches a running relay).
 #[derive(Debug)]
@@ -441,6 +506,30 @@ mod tests {
         let mut parts = hs.split('.');
         let none = format!("eyJhbGciOiJub25lIn0.{}.", parts.nth(1).unwrap());
         assert!(k.verify(&none, now).is_err());
+    }
+
+    #[test]
+    fn share_links_are_not_agent_tokens() {
+        let k = keys();
+        let now = SystemTime::now();
+        let (share, c) = k
+            .issue_share(
+                "Cam.relay.example.com",
+                "neighbour",
+                Duration::from_secs(60),
+                now,
+            )
+            .unwrap();
+        assert_eq!(c.sub, "cam.relay.example.com");
+        assert_eq!(k.verify_share(&share, now).unwrap(), c);
+        assert!(k.verify(&share, now).is_err());
+        let (agent, _) = k.issue(&req(), now).unwrap();
+        assert!(k.verify_share(&agent, now).is_err());
+        assert!(matches!(
+            k.verify_share(&share, now + Duration::from_secs(60)),
+            Err(TokenError::Expired(_))
+        ));
+        assert!(keys().verify_share(&share, now).is_err());
     }
 
     #[test]

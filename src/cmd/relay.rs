@@ -14,7 +14,17 @@ pub const DEV_DATA_DIR: &str = "periscope-dev-data";
 pub fn config_of(config: Option<&PathBuf>, dev: bool) -> anyhow::Result<RelayConfig> {
     match (config, dev) {
         (Some(path), _) => crate::config_file::load_relay(path),
-        (None, true) => Ok(RelayConfig::dev(PathBuf::from(DEV_DATA_DIR))),
+        (None, true) => {
+            let mut c = RelayConfig::dev(PathBuf::from(DEV_DATA_DIR));
+            // Loopback only: raw ports need no web login, so `ssh -p 2222 127.0.0.1` just works.
+            c.port_access.push(relay::config::PortAccessRule {
+                ports: relay::PortRange { lo: 1, hi: 65535 },
+                mode: relay::config::PortMode::Open,
+                allow_ips: vec![],
+                deny_ips: vec![],
+            });
+            Ok(c)
+        }
         (None, false) => anyhow::bail!("give --config relay.toml (or --dev)"),
     }
 }
@@ -79,7 +89,7 @@ fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
          certificate fingerprint: {fp}\n\n\
          Run an agent (token for agent \"dev\", tcp/udp ports 1024-65535, valid 30 days, id {jti}):\n\n  \
          {exe} agent --relay {quic} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
-         then: ssh -p 2222 127.0.0.1\n\n         http tunnels (--http cam=127.0.0.1:8080) answer at https://cam.{domain}:{port}/ with a\n         certificate from the development CA: curl --cacert {ca} ...\n",
+         then: ssh -p 2222 127.0.0.1\n\n         http tunnels (--http cam=127.0.0.1:8080) answer at https://cam.{domain}:{port}/ with a\n         certificate from the development CA: curl --cacert {ca} ...\n         They ask for a login: `{exe} user add --dev NAME` (raw tcp ports are open in dev mode).\n",
         domain = config.domain,
         port = relay.https_addr().port(),
         ca = relay.dev_ca().unwrap_or_default().display(),

@@ -97,6 +97,8 @@ pub struct TestRelay {
     pub admin_token: String,
     pub fingerprint: String,
     pub config: RelayConfig,
+    /// The relay's clock (bans, sessions, share links): `clock.advance(d)` moves it forward.
+    pub clock: Arc<relay::access::OffsetClock>,
     keys: relay::TokenKeys,
     udp: relay::UdpMetrics,
     rt: Option<tokio::runtime::Runtime>,
@@ -142,6 +144,17 @@ impl TestRelay {
         config.listen.http = "127.0.0.1:0".parse().unwrap();
         config.listen.admin = "127.0.0.1:0".parse().unwrap();
         config.limits.shutdown_grace = Duration::from_secs(1);
+        // Every test visitor is 127.0.0.1: the per-address cap (64) would bite load tests.
+        config.limits.connections_per_ip = 4096;
+        config.limits.new_connections_per_second = 0;
+        // Raw ports are closed until a web login by default; the transport tests are not about
+        // that, so the kit opens them. tests/e2e/access.rs clears this rule to test the default.
+        config.port_access.push(relay::config::PortAccessRule {
+            ports: PortRange { lo: 1, hi: 65535 },
+            mode: relay::config::PortMode::Open,
+            allow_ips: vec![],
+            deny_ips: vec![],
+        });
         f(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -153,8 +166,12 @@ impl TestRelay {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let cfg = config.clone();
         let token = shutdown.clone();
+        let clock = Arc::new(relay::access::OffsetClock::default());
+        let relay_clock: Arc<dyn relay::access::Clock> = clock.clone();
         rt.spawn(async move {
-            let relay = Relay::bind(cfg).await.expect("relay bind");
+            let relay = Relay::bind_with_clock(cfg, relay_clock)
+                .await
+                .expect("relay bind");
             let keys = relay.keys().clone();
             let _ = ready_tx.send((
                 [
@@ -182,6 +199,7 @@ impl TestRelay {
             admin_token,
             fingerprint,
             config,
+            clock,
             keys,
             udp,
             rt: Some(rt),
@@ -260,6 +278,16 @@ impl TestRelay {
         (t, c.jti)
     }
 
+    /// A share link token for `host`, valid `ttl` from the relay's clock; returns it and its id.
+    pub fn share_token(&self, host: &str, ttl: Duration) -> (String, String) {
+        use relay::access::Clock;
+        let (t, c) = self
+            .keys
+            .issue_share(host, "test", ttl, self.clock.now())
+            .expect("issue share link");
+        (t, c.jti)
+    }
+
     /// The data directory (keys, revocations).
     pub fn data_dir(&self) -> PathBuf {
         self.config.data_dir.clone()
@@ -296,6 +324,23 @@ impl Drop for TestRelay {
             rt.shutdown_background();
         }
     }
+}
+
+/// Write a users file for `config` before the relay starts: `(name, password, hosts)`.
+pub fn with_users(config: &mut RelayConfig, users: &[(&str, &str, &[&str])]) {
+    use relay::access::users::{hash_password, User, UsersFile};
+    let file = UsersFile {
+        users: users
+            .iter()
+            .map(|(name, pw, hosts)| User {
+                name: (*name).into(),
+                hash: hash_password(pw).expect("hash"),
+                hosts: hosts.iter().map(|h| (*h).into()).collect(),
+                disabled: false,
+            })
+            .collect(),
+    };
+    file.save(&config.users_file()).expect("write users file");
 }
 
 /// Builds an agent config against a test relay.

@@ -8,6 +8,7 @@
 //! | `/` | 302 to `http://192.168.1.50/doc/page.html` (a LAN address that is not the target) |
 //! | `/self` | 302 to `http://ADDR/doc/page.html` (its own address), with `Content-Location` and `Refresh` the same way |
 //! | `/host` | 302 to `http://HOST/doc/page.html`, HOST from the request's `Host` |
+//! | `/headers` | the request headers as the recorder sees them, `name: value` per line |
 //! | `/api/request` | JSON `{client_ip, host, headers: {name: [values]}}` as the recorder sees them |
 //! | `/mjpeg?fps=N&size=B` | endless `multipart/x-mixed-replace` of B-byte JPEG frames at N per second |
 //! | `/stream` | `frame-1`, then `frame-2` only after [`Nvr::release`] fires |
@@ -230,6 +231,13 @@ async fn route(st: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>) -> 
                 .unwrap_or("")
                 .to_string();
             redirect(format!("http://{host}/doc/page.html"), false)
+        }
+        "/headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            respond(StatusCode::OK, &[], full(text))
         }
         "/api/request" => {
             let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();

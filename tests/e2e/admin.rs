@@ -32,10 +32,8 @@ async fn admin_get(relay: &TestRelay, path: &str, token: Option<&str>) -> (Statu
 async fn admin_api_needs_the_token_and_shows_agents_and_metrics() {
     let nvr = Nvr::start().await;
     let relay = TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        })
+        c.access
+            .push(relay::config::AccessRule::public("cam.relay.localhost"))
     })
     .await;
     assert!(relay.admin.ip().is_loopback());

@@ -75,9 +75,21 @@ fn every_config_key_is_documented() {
     relay.auth.key_file = Some("/k".into());
     relay.tls.acme_email = Some("a@b".into());
     relay.tls.acme_ca_file = Some("/ca".into());
+    relay.auth.users_file = Some("/u".into());
+    relay.limits.stream_time_limit = Some(std::time::Duration::from_secs(60));
     relay.access.push(relay::config::AccessRule {
         host: "h".into(),
         public: true,
+        users: vec!["alice".into()],
+        basic: true,
+        allow_ips: vec!["10.0.0.0/8".parse().unwrap()],
+        deny_ips: vec!["10.0.0.1".parse().unwrap()],
+    });
+    relay.port_access.push(relay::config::PortAccessRule {
+        ports: "554".parse().unwrap(),
+        mode: relay::config::PortMode::Open,
+        allow_ips: vec![],
+        deny_ips: vec![],
     });
     let mut agent =
         load_any(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/agent.toml"))

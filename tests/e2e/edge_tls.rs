@@ -15,10 +15,8 @@ async fn cam_relay(
     f: impl FnOnce(&mut relay::RelayConfig),
 ) -> (TestRelay, TestAgent) {
     let relay = TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: "cam.relay.localhost".into(),
-            public: true,
-        });
+        c.access
+            .push(relay::config::AccessRule::public("cam.relay.localhost"));
         f(c)
     })
     .await;

@@ -16,10 +16,7 @@ const HOST: &str = "cam.relay.localhost";
 /// A relay whose `cam.relay.localhost` is public, adjusted by `f`.
 async fn public_relay_with(f: impl FnOnce(&mut relay::RelayConfig)) -> TestRelay {
     TestRelay::start_configured(|c| {
-        c.access.push(relay::config::AccessRule {
-            host: HOST.into(),
-            public: true,
-        });
+        c.access.push(relay::config::AccessRule::public(HOST));
         f(c)
     })
     .await
@@ -545,7 +542,12 @@ async fn private_by_default() {
         .await;
     agent.connected().await;
     let r = send(&relay, false, "/api/request").await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Deny by default: a login is required (browsers are sent to the login page).
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/.periscope/login?next="));
     assert!(
         !text(r).await.contains("client_ip"),
         "nothing reached the recorder"

@@ -160,14 +160,12 @@ pub(crate) async fn handle(
             "There is nothing at this address.",
         );
     }
-    // Deny by default: nothing reaches the recorder unless the operator opened this hostname.
-    if !shared.config.is_public(&host) {
-        return page(
-            StatusCode::FORBIDDEN,
-            "Login required",
-            "This site is private. Its owner has not opened it to visitors without a login.",
-        );
-    }
+    // Deny by default: nothing reaches the recorder without the edge's consent (login,
+    // share link, allow-listed network or a public rule); our cookie is stripped here.
+    let req = match crate::access::check(&shared, &v, &host, req).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
     let Some(route) = route else {
         let since = offline_since.map_or_else(String::new, |t| {
             format!(" since {} UTC", humantime::format_rfc3339_seconds(t))

@@ -5,7 +5,8 @@ mod forward;
 mod pages;
 pub(crate) mod plain;
 
-pub(crate) use forward::Route;
+pub(crate) use forward::{Route, Visitor};
+pub(crate) use pages::{full, page};
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -68,6 +69,15 @@ pub(crate) async fn serve(
                 }
             },
         };
+        let ip = peer.ip();
+        if shared.config.auth.deny_ips.iter().any(|c| c.contains(ip)) {
+            tracing::debug!(visitor.addr = %peer, "refused: deny_ips");
+            continue;
+        }
+        let Some(slot) = shared.access.connection(ip) else {
+            tracing::debug!(visitor.addr = %peer, "refused: too many connections from this address");
+            continue;
+        };
         shared
             .metrics
             .visitor_connections
@@ -82,6 +92,7 @@ pub(crate) async fn serve(
                 peer,
                 shutdown.clone(),
                 tasks.clone(),
+                slot,
             )
             .instrument(span),
         );
@@ -114,6 +125,7 @@ async fn connection(
     peer: SocketAddr,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    _slot: crate::access::ConnGuard,
 ) {
     let _ = sock.set_nodelay(true);
     let Ok(local) = sock.local_addr() else { return };
@@ -131,7 +143,7 @@ async fn connection(
         .1
         .server_name()
         .map(crate::token::normalize_host);
-    let ctx = Arc::new(forward::Visitor {
+    let ctx = Arc::new(Visitor {
         peer,
         local,
         sni,
@@ -139,9 +151,13 @@ async fn connection(
     });
     let grace = shared.config.limits.shutdown_grace;
     let max_head = shared.config.limits.max_request_head + HEAD_SLACK;
+    // Limits of a WebSocket made on this connection stay with the connection.
+    let upgrade = Arc::new(crate::access::meter::UpgradeSlot::default());
+    let tls = crate::access::meter::Guarded::new(tls, upgrade.clone());
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let ctx = ctx.clone();
+        let upgrade = upgrade.clone();
         async move {
             let hsts = shared.config.tls.hsts;
             let started = std::time::Instant::now();
@@ -150,7 +166,9 @@ async fn connection(
                 .ok()
                 .filter(|h| shared.routes.contains_key(h))
                 .unwrap_or_else(|| "other".into());
-            let mut resp = forward::handle(shared.clone(), ctx, req).await;
+            let (resp, grant) =
+                crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req)).await;
+            let mut resp = crate::access::meter::meter(&shared, grant, resp, &upgrade);
             let m = &shared.metrics;
             m.http_response_seconds
                 .observe(started.elapsed().as_secs_f64());

@@ -1,0 +1,246 @@
+//! Interop with a real browser: headless Chromium (Debian `chromium`) logs in on a protected
+//! hostname, then loads the fake recorder's page, its MJPEG picture and its WebSocket through
+//! the relay. Driven over the DevTools protocol. `#[ignore]`d: needs Chromium; run by
+//! tests/interop.sh (`cargo test --test e2e browser:: -- --ignored`).
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::*;
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+}
+
+/// A DevTools session on one page.
+struct Page {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    next: u64,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next += 1;
+        let id = self.next;
+        let msg = serde_json::json!({"id": id, "method": method, "params": params});
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("DevTools answer")
+                .unwrap()
+                .unwrap();
+            let Ok(text) = m.to_text() else { continue };
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// Evaluate `expr` in the page; its value as JSON.
+    async fn eval(&mut self, expr: &str) -> serde_json::Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expr, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["result"]["value"].clone()
+    }
+
+    /// Poll `expr` until it is true (20 s at most).
+    async fn until(&mut self, expr: &str, what: &str) {
+        eprintln!("browser: waiting for {what}");
+        for _ in 0..200 {
+            if self.eval(expr).await == serde_json::Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let state = self
+            .eval("location.href + ' | ' + document.body.innerText.slice(0, 300)")
+            .await;
+        panic!("browser never reached `{what}`; page: {state}");
+    }
+}
+
+/// GET a DevTools HTTP endpoint (it keeps the connection open: read by Content-Length).
+async fn devtools_get(port: u16, path: &str) -> String {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return String::new(),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return body.to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium; run by tests/interop.sh"]
+async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
+    let Some(browser) = chromium() else {
+        panic!("chromium not found (apt-get install chromium)");
+    };
+    let relay = TestRelay::start_configured(|c| {
+        with_users(c, &[("alice", "alice-password", &[])]);
+    })
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let camera = periscope::camera::Camera::start(shutdown.clone())
+        .await
+        .unwrap();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", camera.http_addr())
+        .start()
+        .await;
+    agent.connected().await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--ignore-certificate-errors",
+            "--remote-debugging-port=0",
+            "--remote-allow-origins=*",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eprintln!("browser: started");
+    let port_file = profile.path().join("DevToolsActivePort");
+    assert_eventually!(
+        port_file.exists(),
+        30,
+        "Chromium did not start its DevTools"
+    );
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut list = serde_json::Value::Null;
+    for _ in 0..100 {
+        if let Ok(v) = serde_json::from_str(&devtools_get(port, "/json/list").await) {
+            list = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .expect("a page target")["webSocketDebuggerUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let mut page = Page { ws, next: 0 };
+
+    let site = format!("https://cam.relay.localhost:{}/", relay.https.port());
+    page.call("Page.navigate", serde_json::json!({ "url": site }))
+        .await;
+    page.until(
+        "location.pathname === '/.periscope/login' && !!document.getElementById('p')",
+        "the login page",
+    )
+    .await;
+    page.eval(
+        "document.getElementById('u').value = 'alice';\
+         document.getElementById('p').value = 'alice-password';\
+         document.querySelector('form').submit(); true",
+    )
+    .await;
+    page.until(
+        "location.pathname === '/' && document.title.length > 0 && !!document.getElementById('ws')",
+        "the recorder's page after login",
+    )
+    .await;
+    // HttpOnly: scripts on the page never see the session cookie.
+    assert_eq!(
+        page.eval("document.cookie.includes('periscope')").await,
+        false
+    );
+    page.until(
+        "document.querySelector('img').complete && document.querySelector('img').naturalWidth > 0",
+        "the MJPEG picture",
+    )
+    .await;
+    page.until(
+        "document.getElementById('ws').textContent.startsWith('WebSocket: frame')",
+        "frames over the WebSocket",
+    )
+    .await;
+    // Logout, and the page is private again.
+    page.call(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("{site}.periscope/logout") }),
+    )
+    .await;
+    page.until(
+        "location.pathname === '/.periscope/login'",
+        "the login page after logout",
+    )
+    .await;
+    page.call("Page.navigate", serde_json::json!({ "url": site }))
+        .await;
+    page.until(
+        "location.pathname === '/.periscope/login'",
+        "login required again",
+    )
+    .await;
+
+    let _ = child.kill().await;
+    shutdown.cancel();
+    agent.stop().await;
+    relay.stop().await;
+}
