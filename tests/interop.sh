@@ -168,8 +168,8 @@ start_relay() {
   RELAY=$!; PIDS+=($RELAY)
 }
 start_relay
-for _ in $(seq 100); do [ -f "$WORK/data/self-signed.crt" ] && break; sleep 0.05; done
-FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2)
+for _ in $(seq 200); do grep -q 'fingerprint sha256:' "$WORK/relay.log" && break; sleep 0.05; done
+FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2 || true)
 [ -n "$FP" ] || fail "relay printed no fingerprint"
 TOKEN=$("$BIN" token issue --config "$WORK/relay.toml" --agent home --tcp-port "$PORT" --host cam.relay.localhost --ttl 1h 2>"$WORK/token.log")
 JTI=$(grep -o 'id [0-9a-f]*' "$WORK/token.log" | cut -d' ' -f2)
