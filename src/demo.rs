@@ -67,6 +67,8 @@ pub struct Demo {
     pub camera_http: SocketAddr,
     /// The camera's UDP echo (direct).
     pub camera_udp: SocketAddr,
+    /// The UDP echo through the relay's udp tunnel.
+    pub udp: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     camera: Camera,
@@ -131,12 +133,20 @@ async fn start_parts(
     let cert_file = relay
         .dev_ca()
         .context("the demo relay has no development CA")?;
+    // The camera's UDP echo goes through a udp tunnel on a port the OS says is free now.
+    let udp_port = std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .context("finding a free UDP port")?;
     let (agent_token, _) = relay.keys().issue(
         &IssueRequest {
             agent: "demo".into(),
             hosts: vec![host.clone()],
             tcp_ports: vec![],
-            udp_ports: vec![],
+            udp_ports: vec![relay::PortRange {
+                lo: udp_port,
+                hi: udp_port,
+            }],
             ttl: Duration::from_secs(7 * 86400),
         },
         std::time::SystemTime::now(),
@@ -151,10 +161,16 @@ async fn start_parts(
         transport: Default::default(),
         connect_timeout: Duration::from_secs(5),
         quic: Default::default(),
-        tunnels: vec![TunnelConfig {
-            hostname: Some(host.clone()),
-            ..TunnelConfig::new(TUNNEL, Kind::Http, &camera.http_addr().to_string())
-        }],
+        tunnels: vec![
+            TunnelConfig {
+                hostname: Some(host.clone()),
+                ..TunnelConfig::new(TUNNEL, Kind::Http, &camera.http_addr().to_string())
+            },
+            TunnelConfig {
+                remote_port: Some(udp_port),
+                ..TunnelConfig::new("echo", Kind::Udp, &camera.udp_addr().to_string())
+            },
+        ],
     })
     .await
     .context("starting the agent")?;
@@ -227,6 +243,7 @@ async fn start_parts(
         admin_url,
         camera_http: camera.http_addr(),
         camera_udp: camera.udp_addr(),
+        udp: SocketAddr::from(([127, 0, 0, 1], udp_port)),
         shutdown: token.clone(),
         tracker: tracker.clone(),
         camera,
@@ -246,6 +263,12 @@ impl Demo {
             format!(
                 "check   curl -k --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
                 h = self.host
+            ),
+            format!(
+                "udp     echo at {} (try: nc -u {} {})",
+                self.udp,
+                self.udp.ip(),
+                self.udp.port()
             ),
             format!("status  {}", self.admin_url),
             format!("login   none: {} is public in the demo;", self.host),

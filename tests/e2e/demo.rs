@@ -184,15 +184,15 @@ async fn demo_serves_page_mjpeg_websocket_and_udp_echo() {
     }
     assert!(counters[0] < counters[1], "{counters:?}");
 
-    // The UDP echo, directly (UDP tunnels are not there yet).
+    // The UDP echo through the relay's udp tunnel.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    udp.send_to(b"hello camera", demo.camera_udp).await.unwrap();
+    udp.send_to(b"hello camera", demo.udp).await.unwrap();
     let mut b = [0u8; 64];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp.recv_from(&mut b))
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), udp.recv_from(&mut b))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(&b[..n], b"hello camera");
+    assert_eq!((&b[..n], from), (&b"hello camera"[..], demo.udp));
 
     // Stop while the WebSocket is open: everything ends quickly, the edge is gone.
     let https = demo.https;
