@@ -24,6 +24,7 @@ pub mod error;
 mod http;
 pub mod identity;
 mod metrics;
+mod open;
 pub mod registry;
 mod session;
 mod tcp_tunnel;

@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use proto::{
-    transport::{copy_bidirectional_idle, read_frame, splice, write_frame, Connection},
-    StreamKind, StreamOpen, StreamReply,
+    transport::{copy_bidirectional_idle, splice, Connection},
+    StreamKind, StreamOpen,
 };
 use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -92,37 +92,16 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     } else {
         Visitor::Plain(sock)
     };
-    let open_timeout = shared.config.limits.connect_timeout;
-    let opened = tokio::time::timeout(open_timeout, async {
-        let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
-        shared.metrics.agent_streams_opened.inc();
-        let open = StreamOpen {
-            tunnel,
-            visitor,
-            server,
-            kind: StreamKind::Tcp,
-        };
-        write_frame(&mut stream.send, &open)
-            .await
-            .map_err(|e| e.to_string())?;
-        match read_frame::<_, StreamReply>(&mut stream.recv).await {
-            Ok(Some(StreamReply::Connected)) => Ok(stream),
-            Ok(Some(StreamReply::Failed(e))) => Err(e.to_string()),
-            Ok(None) => Err("agent closed the stream".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
-    let stream = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let open = StreamOpen {
+        tunnel,
+        visitor,
+        server,
+        kind: StreamKind::Tcp,
+    };
+    let stream = match crate::open::open_stream(shared, &conn, open).await {
+        Ok(s) => s,
+        Err(e) => {
             tracing::info!("visitor connection closed: {e}");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(
-                "visitor connection closed: agent did not answer within {open_timeout:?}"
-            );
             return;
         }
     };

@@ -12,12 +12,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proto::{
-    transport::{copy_bidirectional_idle, read_frame, write_frame, BiStream, Connection},
-    HttpOptions, StreamErrorKind, StreamKind, StreamOpen, StreamReply,
+    transport::{copy_bidirectional_idle, BiStream, Connection},
+    HttpOptions, StreamErrorKind, StreamKind, StreamOpen,
 };
 
 use super::{pages::page, Body};
-use crate::{token::normalize_host, Shared};
+use crate::{open::OpenError, token::normalize_host, Shared};
 
 /// What the edge knows about the visitor's connection.
 #[derive(Debug)]
@@ -229,56 +229,34 @@ async fn open_stream(
     v: &Visitor,
     route: &Route,
 ) -> Result<BiStream, Box<Response<Body>>> {
-    let bad_gateway =
-        |detail: String| Box::new(page(StatusCode::BAD_GATEWAY, "Bad gateway", &detail));
-    let limit = shared.config.limits.connect_timeout;
-    let opened = tokio::time::timeout(limit, async {
-        let mut stream = route
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| bad_gateway(format!("The recorder's agent is unreachable ({e}).")))?;
-        shared.metrics.agent_streams_opened.inc();
-        let open = StreamOpen {
-            tunnel: route.tunnel,
-            visitor: v.peer,
-            server: v.local,
-            kind: StreamKind::Http,
-        };
-        write_frame(&mut stream.send, &open)
-            .await
-            .map_err(|e| bad_gateway(format!("The recorder's agent is unreachable ({e}).")))?;
-        match read_frame::<_, StreamReply>(&mut stream.recv).await {
-            Ok(Some(StreamReply::Connected)) => Ok(stream),
-            Ok(Some(StreamReply::Failed(e))) if e.kind == StreamErrorKind::Timeout => {
-                Err(Box::new(page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Gateway timeout",
-                    "The recorder did not answer in time.",
-                )))
+    let open = StreamOpen {
+        tunnel: route.tunnel,
+        visitor: v.peer,
+        server: v.local,
+        kind: StreamKind::Http,
+    };
+    let timeout =
+        |detail: &str| Box::new(page(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout", detail));
+    let bad_gateway = |detail: &str| Box::new(page(StatusCode::BAD_GATEWAY, "Bad gateway", detail));
+    crate::open::open_stream(shared, &route.conn, open)
+        .await
+        .map_err(|e| match e {
+            OpenError::Failed(e) if e.kind == StreamErrorKind::Timeout => {
+                timeout("The recorder did not answer in time.")
             }
-            Ok(Some(StreamReply::Failed(e))) => {
+            OpenError::Failed(e) => {
                 tracing::info!("target unavailable: {e}");
-                Err(bad_gateway(
-                    "The recorder is not accepting connections.".into(),
-                ))
+                bad_gateway("The recorder is not accepting connections.")
             }
-            Ok(None) | Err(_) => Err(bad_gateway(
-                "The recorder's agent closed the request.".into(),
-            )),
-        }
-    })
-    .await;
-    opened.unwrap_or_else(|_| {
-        Err(Box::new(page(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Gateway timeout",
-            &format!(
+            OpenError::TimedOut => timeout(&format!(
                 "The recorder (or its agent) did not answer within {}.",
-                humantime::format_duration(limit)
-            ),
-        )))
-    })
+                humantime::format_duration(shared.config.limits.connect_timeout)
+            )),
+            OpenError::Unreachable(e) => {
+                bad_gateway(&format!("The recorder's agent is unreachable ({e})."))
+            }
+            OpenError::Closed => bad_gateway("The recorder's agent closed the request."),
+        })
 }
 
 /// A new HTTP/1.1 connection to the target over a new agent stream.
