@@ -135,21 +135,19 @@ struct Run {
     p99: f64,
 }
 
-fn measure(sink: &Sink, to: SocketAddr, flows: usize, rate: u64, run: &mut u32) -> Run {
-    let socks: Vec<UdpSocket> = (0..flows)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+fn measure(sink: &Sink, to: SocketAddr, socks: &[UdpSocket], rate: u64, run: &mut u32) -> Run {
+    let flows = socks.len();
     // Warm up: each flow opens (periscope queues a new flow's first packets until the agent
     // has its socket) and path MTU discovery is long done.
     *run += 1;
     sink.run.store(*run, Ordering::Relaxed);
-    send_paced(&socks, to, *run, 200 * flows as u64, 0.5);
+    send_paced(socks, to, *run, 200 * flows as u64, 0.5);
     std::thread::sleep(Duration::from_millis(300));
     *run += 1;
     sink.received.store(0, Ordering::Relaxed);
     sink.latencies_us.lock().unwrap().clear();
     sink.run.store(*run, Ordering::Relaxed);
-    let sent = send_paced(&socks, to, *run, rate, SECONDS);
+    let sent = send_paced(socks, to, *run, rate, SECONDS);
     std::thread::sleep(Duration::from_millis(500));
     let received = sink.received.load(Ordering::Relaxed);
     let mut lat = std::mem::take(&mut *sink.latencies_us.lock().unwrap());
@@ -187,7 +185,7 @@ fn periscope(dir: &Path, target: SocketAddr) -> System {
     std::fs::write(
         &cfg,
         format!(
-            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n[limits]\nudp_packets_per_second = 1000000\n",
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n[limits]\nudp_packets_per_second = 1000000\nudp_flows_per_visitor = 1024\n",
             dir.join("data").display()
         ),
     )
@@ -355,8 +353,13 @@ fn main() {
         );
         for flows in [1usize, 16] {
             let mut top = 0;
+            // The same flows at every rate (new flows per rate would pile up to the relay's
+            // per-visitor limit: every flow here comes from 127.0.0.1).
+            let socks: Vec<UdpSocket> = (0..flows)
+                .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+                .collect();
             for rate in RATES {
-                let r = measure(&sink, *to, flows, rate, &mut run);
+                let r = measure(&sink, *to, &socks, rate, &mut run);
                 let loss =
                     100.0 * (r.sent.saturating_sub(r.received)) as f64 / r.sent.max(1) as f64;
                 let got = r.received as f64 / SECONDS;
