@@ -99,6 +99,7 @@ async fn payload_at_the_maximum_passes_one_over_is_dropped_and_counted() {
         last >= 1200,
         "max payload {last} after MTU discovery on loopback"
     );
+    eprintln!("udp max payload after path MTU discovery on loopback: {last} bytes");
     let at_max = vec![7u8; last];
     assert_eq!(udp_roundtrip(&sock, port, &at_max).await, at_max);
     let before = relay.udp_stats("home", "echo").drop_too_large;
