@@ -289,12 +289,19 @@ async fn bind_udp(
     for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Udp) {
         let port = t.remote_port.unwrap_or_default();
         let addr = SocketAddr::new(shared.config.listen.tunnels, port);
-        let socket = UdpSocket::bind(addr).await.map_err(|e| {
-            reject(
-                RejectReason::InUse,
-                format!("cannot listen on udp {addr} for tunnel `{}`: {e}", t.name),
-            )
-        })?;
+        // 4 MiB socket buffers, like the QUIC socket: bursts from many visitors wait in the
+        // kernel instead of being dropped.
+        let socket = proto::transport::quic::udp_socket(addr)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            })
+            .map_err(|e| {
+                reject(
+                    RejectReason::InUse,
+                    format!("cannot listen on udp {addr} for tunnel `{}`: {e}", t.name),
+                )
+            })?;
         out.push(udp_tunnel::BoundUdp {
             id: t.id,
             name: t.name.clone(),
