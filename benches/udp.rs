@@ -185,7 +185,8 @@ fn periscope(dir: &Path, target: SocketAddr) -> System {
     std::fs::write(
         &cfg,
         format!(
-            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n[limits]\nudp_packets_per_second = 1000000\nudp_flows_per_visitor = 1024\n",
+            "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n[limits]\nudp_packets_per_second = 1000000\nudp_flows_per_visitor = 1024\n\
+             [[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
             dir.join("data").display()
         ),
     )

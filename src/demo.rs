@@ -114,7 +114,22 @@ async fn start_parts(
     config.listen.http = SocketAddr::from(([127, 0, 0, 1], 0));
     config.listen.admin = SocketAddr::from(([127, 0, 0, 1], 0));
     config.limits.shutdown_grace = Duration::from_secs(2);
+    // The camera's UDP echo goes through a udp tunnel on a port the OS says is free now.
+    let udp_port = std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .context("finding a free UDP port")?;
     config.access.push(AccessRule::public(&host));
+    // The echo is for any local client (no web login first, as a real relay would ask).
+    config.port_access.push(relay::config::PortAccessRule {
+        ports: relay::PortRange {
+            lo: udp_port,
+            hi: udp_port,
+        },
+        mode: relay::config::PortMode::Open,
+        allow_ips: Vec::new(),
+        deny_ips: Vec::new(),
+    });
     let relay = match Relay::bind(config.clone()).await {
         Err(RelayError::Bind { addr, error })
             if opts.https_port.is_none() && addr.starts_with("tcp") =>
@@ -133,11 +148,6 @@ async fn start_parts(
     let cert_file = relay
         .dev_ca()
         .context("the demo relay has no development CA")?;
-    // The camera's UDP echo goes through a udp tunnel on a port the OS says is free now.
-    let udp_port = std::net::UdpSocket::bind(("127.0.0.1", 0))
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .context("finding a free UDP port")?;
     let (agent_token, _) = relay.keys().issue(
         &IssueRequest {
             agent: "demo".into(),

@@ -477,6 +477,7 @@ async fn run_session(
                     streams.clone(),
                     flows.clone(),
                     next_flow.clone(),
+                    claims.sub.clone(),
                     cancel.clone(),
                     tasks.clone(),
                 )

@@ -57,6 +57,7 @@ pub struct UdpStats {
     drop_too_large: AtomicU64,
     drop_rate: AtomicU64,
     drop_flow_limit: AtomicU64,
+    drop_access: AtomicU64,
     drop_agent_offline: AtomicU64,
     drop_flow_refused: AtomicU64,
     drop_queue_full: AtomicU64,
@@ -86,6 +87,9 @@ pub struct UdpStatsSnapshot {
     /// Dropped: a new flow past `udp_flows_per_tunnel`, `udp_flows_per_visitor` or the
     /// agent's stream budget.
     pub drop_flow_limit: u64,
+    /// Dropped: a new flow from an address the port's access rule does not let in (by default
+    /// only addresses logged in on one of the agent's hostnames).
+    pub drop_access: u64,
     /// Dropped: the agent connection was gone.
     pub drop_agent_offline: u64,
     /// Dropped: the agent refused the flow or did not answer in time.
@@ -113,6 +117,7 @@ impl UdpStats {
             drop_too_large: l(&self.drop_too_large),
             drop_rate: l(&self.drop_rate),
             drop_flow_limit: l(&self.drop_flow_limit),
+            drop_access: l(&self.drop_access),
             drop_agent_offline: l(&self.drop_agent_offline),
             drop_flow_refused: l(&self.drop_flow_refused),
             drop_queue_full: l(&self.drop_queue_full),
@@ -232,6 +237,7 @@ pub(crate) async fn serve(
     streams: Arc<tokio::sync::Semaphore>,
     flows: SessionFlows,
     next_flow: Arc<AtomicU64>,
+    agent: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -267,13 +273,21 @@ pub(crate) async fn serve(
         let (n, visitor) = tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {
-                let expired: Vec<SocketAddr> = by_addr
+                // Idle flows close, and so do flows whose visitor lost access (logout, expired
+                // session, ban).
+                let expired: Vec<(SocketAddr, bool)> = by_addr
                     .iter()
-                    .filter(|(_, l)| l.flow.idle() >= idle)
-                    .map(|(a, _)| *a)
+                    .filter_map(|(a, l)| {
+                        let allowed = crate::access::raw_allowed(&shared, a.ip(), server.port(), &agent);
+                        (l.flow.idle() >= idle || !allowed).then_some((*a, allowed))
+                    })
                     .collect();
-                for a in expired {
-                    tracing::debug!(visitor.addr = %a, "udp flow idle for {idle:?}; closed");
+                for (a, allowed) in expired {
+                    if allowed {
+                        tracing::debug!(visitor.addr = %a, "udp flow idle for {idle:?}; closed");
+                    } else {
+                        tracing::debug!(visitor.addr = %a, "udp flow closed: the visitor has no access any more");
+                    }
                     forget(&mut by_addr, &mut per_ip, a);
                 }
                 continue;
@@ -299,6 +313,13 @@ pub(crate) async fn serve(
         let payload = buf.get(..n).unwrap_or_default();
         if !by_addr.contains_key(&visitor) {
             {
+                // Like a tcp port: by default only an address logged in on one of this agent's
+                // hostnames may open a flow. Refused packets are dropped without an answer.
+                if !crate::access::raw_allowed(&shared, visitor.ip(), server.port(), &agent) {
+                    inc(&stats.drop_access);
+                    tracing::debug!(visitor.addr = %visitor, "udp packet from an address without access to this port; dropped");
+                    continue;
+                }
                 let from_ip = per_ip.get(&visitor.ip()).copied().unwrap_or(0);
                 if by_addr.len() >= limits.udp_flows_per_tunnel
                     || from_ip >= limits.udp_flows_per_visitor

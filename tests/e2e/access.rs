@@ -1293,3 +1293,40 @@ async fn websocket_holds_its_hostname_slot_and_bandwidth_applies() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn raw_udp_port_opens_only_after_a_web_login_on_the_same_agent() {
+    let relay = TestRelay::start_configured(|c| {
+        c.port_access.clear(); // the production default: login
+        with_users(c, &[("alice", "alice-password", &[])]);
+    })
+    .await;
+    let web = Nvr::start().await.addr;
+    let echo = udp_echo_server().await;
+    let port = free_port();
+    let mut cam = AgentBuilder::new(&relay, &relay.token_udp("cam", &[], &[port]))
+        .http("cam", web)
+        .udp("webrtc", echo, port)
+        .start()
+        .await;
+    cam.connected().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |msg: &'static [u8]| udp_ask(&sock, port, msg, Duration::from_millis(300));
+    // Before a login: dropped without an answer, and counted.
+    assert_eq!(ask(b"before").await, None);
+    assert!(relay.udp_stats("cam", "webrtc").drop_access >= 1);
+    // After a login on the agent's hostname from this address: the flow opens.
+    let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
+    assert_eq!(udp_roundtrip(&sock, port, b"after").await, b"after");
+    // Logout: the flow closes on the next sweep and new packets are dropped again.
+    get(&relay, CAM, "/.periscope/logout", &[("cookie", &cookie)]).await;
+    let t0 = std::time::Instant::now();
+    while ask(b"after logout").await.is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "flow still open after logout"
+        );
+    }
+    cam.stop().await;
+    relay.stop().await;
+}

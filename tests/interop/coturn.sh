@@ -22,7 +22,13 @@ data_dir = "$T/data"
 https = "127.0.0.1:$THTTPS"
 http = "127.0.0.1:$THTTP"
 quic = "127.0.0.1:$TQUIC"
+admin = "127.0.0.1:$(free_port)"
 tunnels = "127.0.0.1"
+# TURN clients are apps, not browsers: the port is open (by default a raw port first wants a
+# web login from the same address).
+[[port_access]]
+ports = "$TPUB"
+mode = "open"
 TOML
 "$BIN" relay --config "$T/relay.toml" 2>>"$WORK/turn-relay.log" &
 PIDS+=($!)
