@@ -21,8 +21,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use proto::{
     datagram,
-    transport::{read_frame, write_frame, Connection, TransportError},
-    StreamKind, StreamOpen, StreamReply,
+    transport::{Connection, TransportError},
+    StreamKind, StreamOpen,
 };
 use tokio::{net::UdpSocket, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -359,10 +359,10 @@ pub(crate) async fn serve(
                 };
                 tasks.spawn(
                     run_flow(
+                        shared.clone(),
                         conn.clone(),
                         open,
                         flow.clone(),
-                        limits.connect_timeout,
                         gone_tx.clone(),
                         permit,
                     )
@@ -449,28 +449,16 @@ fn send_up(conn: &Connection, flow: &Flow, d: Bytes, payload_len: usize) {
 /// Announce the flow on its own stream, release its queued packets once the agent is ready,
 /// and hold the stream until the flow ends (either side).
 async fn run_flow(
+    shared: Arc<Shared>,
     conn: Connection,
     open: StreamOpen,
     flow: Arc<Flow>,
-    timeout: Duration,
     gone: mpsc::UnboundedSender<(SocketAddr, u64)>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let opened = tokio::time::timeout(timeout, async {
-        let mut stream = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut stream.send, &open)
-            .await
-            .map_err(|e| e.to_string())?;
-        match read_frame::<_, StreamReply>(&mut stream.recv).await {
-            Ok(Some(StreamReply::Connected)) => Ok(stream),
-            Ok(Some(StreamReply::Failed(e))) => Err(e.to_string()),
-            Ok(None) => Err("agent closed the stream".into()),
-            Err(e) => Err(e.to_string()),
-        }
-    });
     let opened = tokio::select! {
         _ = flow.end.cancelled() => Err("flow ended before the agent answered".to_string()),
-        o = opened => o.unwrap_or_else(|_| Err(format!("agent did not answer within {timeout:?}"))),
+        o = crate::open::open_stream(&shared, &conn, open) => o.map_err(|e| e.to_string()),
     };
     match opened {
         Ok(mut stream) => {
