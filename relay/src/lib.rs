@@ -156,6 +156,7 @@ impl Relay {
             addr: format!("udp {}", config.listen.quic),
             error: source,
         })?;
+        let udp = UdpMetrics::default();
         Ok(Relay {
             shared: Arc::new(Shared {
                 config,
@@ -166,9 +167,9 @@ impl Relay {
                 offline: dashmap::DashMap::new(),
                 https_port,
                 tunnel_tls: Arc::new(tunnel_tls),
-                metrics: metrics::Metrics::default(),
+                metrics: metrics::Metrics::default().with_udp(udp.clone()),
                 certs: store,
-                udp: UdpMetrics::default(),
+                udp,
                 access,
             }),
             endpoint,

@@ -120,7 +120,97 @@ impl Default for Metrics {
     }
 }
 
+/// The udp tunnels' own counters (kept in `udp_tunnel`), read at each scrape.
+#[derive(Debug)]
+struct UdpCollector(crate::UdpMetrics);
+
+impl prometheus_client::collector::Collector for UdpCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::{
+            encoding::EncodeMetric,
+            metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+        };
+        type Get = fn(&crate::UdpStatsSnapshot) -> u64;
+        let rows = self.0.all();
+        let counters: [(&str, &str, Get); 5] = [
+            (
+                "udp_flows_opened",
+                "UDP flows opened, by agent/tunnel",
+                |s| s.flows_opened,
+            ),
+            ("udp_packets_up", "UDP packets visitor → recorder", |s| {
+                s.packets_up
+            }),
+            (
+                "udp_packets_down",
+                "UDP packets recorder → visitor",
+                |s| s.packets_down,
+            ),
+            (
+                "udp_bytes_up",
+                "UDP payload bytes visitor → recorder",
+                |s| s.bytes_up,
+            ),
+            (
+                "udp_bytes_down",
+                "UDP payload bytes recorder → visitor",
+                |s| s.bytes_down,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (tunnel, s) in &rows {
+                let labels = [("tunnel", tunnel.as_str())];
+                ConstCounter::new(get(s)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "udp_flows_active",
+            "UDP flows open now, by agent/tunnel",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tunnel, s) in &rows {
+            let labels = [("tunnel", tunnel.as_str())];
+            ConstGauge::new(i64::try_from(s.flows_active).unwrap_or(i64::MAX))
+                .encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "udp_dropped",
+            "UDP packets dropped, by agent/tunnel and reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (tunnel, s) in &rows {
+            for (reason, n) in [
+                ("too_large", s.drop_too_large),
+                ("rate", s.drop_rate),
+                ("flow_limit", s.drop_flow_limit),
+                ("access", s.drop_access),
+                ("agent_offline", s.drop_agent_offline),
+                ("flow_refused", s.drop_flow_refused),
+                ("queue_full", s.drop_queue_full),
+                ("visitor_send", s.drop_visitor_send),
+            ] {
+                let labels = [("tunnel", tunnel.as_str()), ("reason", reason)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Metrics {
+    /// Export the udp tunnels' counters too.
+    pub(crate) fn with_udp(mut self, udp: crate::UdpMetrics) -> Self {
+        self.registry
+            .register_collector(Box::new(UdpCollector(udp)));
+        self
+    }
+
     /// Prometheus text exposition.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();

@@ -136,6 +136,14 @@ fn inc(a: &AtomicU64) {
 pub struct UdpMetrics(Arc<DashMap<String, Arc<UdpStats>>>);
 
 impl UdpMetrics {
+    /// Every udp tunnel's counters, as `(agent/tunnel, counters)`.
+    pub fn all(&self) -> Vec<(String, UdpStatsSnapshot)> {
+        self.0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().snapshot()))
+            .collect()
+    }
+
     /// Counters of `agent`'s tunnel `tunnel`, if it ever registered.
     pub fn get(&self, agent: &str, tunnel: &str) -> Option<UdpStatsSnapshot> {
         self.0

@@ -168,3 +168,40 @@ async fn agent_status_reports_the_running_agent() {
     );
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn udp_tunnel_counters_are_in_the_metrics() {
+    let relay = TestRelay::start().await;
+    let echo = udp_echo_server().await;
+    let port = free_port();
+    let mut agent = AgentBuilder::new(&relay, &relay.token_udp("cam", &[], &[port]))
+        .udp("webrtc", echo, port)
+        .start()
+        .await;
+    agent.connected().await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(udp_roundtrip(&sock, port, b"ping").await, b"ping");
+    let token = relay.admin_token.clone();
+    // Counters move a moment after the packets do.
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        let (_, text) = admin_get(&relay, "/metrics", Some(&token)).await;
+        if text.contains("periscope_udp_packets_down_total{tunnel=\"cam/webrtc\"} 1")
+            || t0.elapsed() > std::time::Duration::from_secs(5)
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    for line in [
+        "periscope_udp_flows_opened_total{tunnel=\"cam/webrtc\"} 1",
+        "periscope_udp_packets_up_total{tunnel=\"cam/webrtc\"} 1",
+        "periscope_udp_packets_down_total{tunnel=\"cam/webrtc\"} 1",
+        "periscope_udp_flows_active{tunnel=\"cam/webrtc\"} 1",
+        "periscope_udp_dropped_total{tunnel=\"cam/webrtc\",reason=\"too_large\"} 0",
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
