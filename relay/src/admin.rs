@@ -19,7 +19,7 @@ use axum::{
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::{identity, RelayConfig, RelayError, Shared};
+use crate::{access::bans::BanFile, identity, RelayConfig, RelayError, Shared};
 
 /// Path of the admin token.
 pub fn token_path(config: &RelayConfig) -> PathBuf {
@@ -72,6 +72,8 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .route("/api/agents", get(agents))
         .route("/api/tunnels", get(tunnels))
+        .route("/api/bans", get(bans))
+        .route("/api/bans/{ip}", axum::routing::delete(unban))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
         .route("/", get(|| async { Html(STATUS_PAGE) }))
@@ -188,6 +190,63 @@ async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
         .collect();
     out.sort_by(|a, b| a.public.cmp(&b.public));
     Json(out)
+}
+
+/// One banned address.
+#[derive(Serialize)]
+struct BanView {
+    ip: String,
+    since: String,
+    /// RFC 3339, or `forever`.
+    until: String,
+    last_user: String,
+}
+
+/// Active bans (the same `DATA_DIR/bans.json` `periscope ban list` reads).
+async fn bans(State(st): State<AdminState>) -> Result<Json<Vec<BanView>>, (StatusCode, String)> {
+    let file = BanFile::load(&st.shared.config.data_dir)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::token::unix_now(SystemTime::now());
+    let at = |s: u64| {
+        humantime::format_rfc3339_seconds(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s),
+        )
+        .to_string()
+    };
+    Ok(Json(
+        file.bans
+            .iter()
+            .filter(|b| b.until == 0 || b.until > now)
+            .map(|b| BanView {
+                ip: b.ip.to_string(),
+                since: at(b.since),
+                until: if b.until == 0 {
+                    "forever".into()
+                } else {
+                    at(b.until)
+                },
+                last_user: b.user.clone(),
+            })
+            .collect(),
+    ))
+}
+
+/// Lift the ban of one address; the relay follows within a second (it re-reads the file).
+async fn unban(
+    State(st): State<AdminState>,
+    axum::extract::Path(ip): axum::extract::Path<std::net::IpAddr>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let dir = &st.shared.config.data_dir;
+    let err = |e: RelayError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut file = BanFile::load(dir).map_err(err)?;
+    let before = file.bans.len();
+    file.bans.retain(|b| b.ip != ip);
+    if file.bans.len() == before {
+        return Ok(StatusCode::NOT_FOUND);
+    }
+    file.save(dir).map_err(err)?;
+    tracing::info!(%ip, "ban lifted through the admin API");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The status page: static, no third-party assets; polls the API with the token from the URL

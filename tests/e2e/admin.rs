@@ -10,12 +10,25 @@ use crate::common::*;
 
 /// GET `path` on the admin listener with an optional bearer token: status and body.
 async fn admin_get(relay: &TestRelay, path: &str, token: Option<&str>) -> (StatusCode, String) {
+    admin_call(relay, "GET", path, token).await
+}
+
+/// `method path` on the admin listener: status and body.
+async fn admin_call(
+    relay: &TestRelay,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
     let tcp = tokio::net::TcpStream::connect(relay.admin).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let mut req = Request::builder().uri(path).header("host", "127.0.0.1");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1");
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -202,6 +215,73 @@ async fn udp_tunnel_counters_are_in_the_metrics() {
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn bans_are_listed_and_lifted_through_the_api() {
+    use relay::access::bans::{Ban, BanFile};
+    let nvr = Nvr::start().await;
+    let relay = TestRelay::start_configured(|c| {
+        c.access
+            .push(relay::config::AccessRule::public("cam.relay.localhost"))
+    })
+    .await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    let token = relay.admin_token.clone();
+    let now = relay::token::unix_now(std::time::SystemTime::now());
+    BanFile {
+        bans: vec![Ban {
+            ip: "127.0.0.1".parse().unwrap(),
+            since: now,
+            until: 0,
+            user: "root".into(),
+        }],
+    }
+    .save(&relay.data_dir())
+    .unwrap();
+    let status = || async {
+        let req = Request::builder()
+            .uri("/api/request")
+            .header("host", "cam.relay.localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        https_request(&relay, "cam.relay.localhost", false, req)
+            .await
+            .status()
+    };
+    assert_eventually!(
+        status().await == StatusCode::FORBIDDEN,
+        5,
+        "the ban file is picked up"
+    );
+    assert_eq!(
+        admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (code, body) = admin_get(&relay, "/api/bans", Some(&token)).await;
+    assert_eq!(code, StatusCode::OK);
+    let bans: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(bans[0]["ip"], "127.0.0.1");
+    assert_eq!(bans[0]["until"], "forever");
+    assert_eq!(bans[0]["last_user"], "root");
+    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token)).await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(admin_get(&relay, "/api/bans", Some(&token)).await.1, "[]");
+    assert_eventually!(
+        status().await == StatusCode::OK,
+        5,
+        "the lifted ban takes effect"
+    );
     agent.stop().await;
     relay.stop().await;
 }
