@@ -76,6 +76,30 @@ pub struct Agent {
     pub(crate) tls: rustls::ClientConfig,
     pub(crate) pinned: Option<Arc<tls::PinnedVerifier>>,
     pub(crate) status: watch::Sender<Status>,
+    pub(crate) current: RttProbe,
+}
+
+/// The live relay connection's round-trip time, readable while the agent runs (for
+/// `periscope agent status`).
+#[derive(Clone, Default)]
+pub struct RttProbe(Arc<std::sync::Mutex<Option<proto::transport::Connection>>>);
+
+impl std::fmt::Debug for RttProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RttProbe").field(&self.rtt()).finish()
+    }
+}
+
+impl RttProbe {
+    /// RTT of the current connection; `None` while not connected.
+    pub fn rtt(&self) -> Option<Duration> {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map(|c| c.rtt())
+    }
+
+    pub(crate) fn set(&self, conn: Option<proto::transport::Connection>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = conn;
+    }
 }
 
 impl Agent {
@@ -120,7 +144,13 @@ impl Agent {
             tls,
             pinned,
             status: watch::Sender::new(Status::Starting),
+            current: RttProbe::default(),
         })
+    }
+
+    /// The current connection's RTT, readable while the agent runs.
+    pub fn rtt_probe(&self) -> RttProbe {
+        self.current.clone()
     }
 
     /// Watch the agent's status.

@@ -263,6 +263,7 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         span.in_scope(|| tracing::info!(tunnel = %name, "tunnel up: {url} -> {}", target.map(|t| t.to_string()).unwrap_or_default()));
     }
     span.in_scope(|| tracing::info!(transport = %conn.kind(), relay = %conn.remote_addr(), "connected to relay"));
+    agent.current.set(Some(conn.clone()));
     agent.status.send_replace(Status::Connected {
         session: welcome.session,
         transport: conn.kind(),
@@ -273,6 +274,7 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
     let ended = serve_streams(agent, &conn, ctrl, shutdown, &tasks)
         .instrument(span)
         .await;
+    agent.current.set(None);
     tasks.close();
     let st = conn.stats();
     tracing::debug!(rtt = ?st.rtt, mtu = st.mtu, sent = st.sent_packets, lost = st.lost_packets,

@@ -103,6 +103,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent = Agent::new(cfg).await.context("starting the agent")?;
     let writer = tokio::spawn(super::agent_status::keep_written(
         agent.status(),
+        agent.rtt_probe(),
         status_file,
         shutdown.clone(),
     ));

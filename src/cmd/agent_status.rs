@@ -28,10 +28,13 @@ pub struct Report {
     /// Connection attempts since the last healthy session.
     #[serde(default)]
     pub attempt: u32,
+    /// Round-trip time to the relay when connected (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
 }
 
 impl Report {
-    fn of(s: &Status) -> Report {
+    fn of(s: &Status, rtt: Option<std::time::Duration>) -> Report {
         let mut r = Report {
             state: String::new(),
             pid: std::process::id(),
@@ -40,6 +43,7 @@ impl Report {
             public: Vec::new(),
             last_error: None,
             attempt: 0,
+            rtt_ms: None,
         };
         match s {
             Status::Starting => r.state = "starting".into(),
@@ -56,6 +60,7 @@ impl Report {
             } => {
                 r.state = "connected".into();
                 r.transport = Some(transport.to_string());
+                r.rtt_ms = rtt.map(|d| d.as_secs_f64() * 1000.0);
                 r.public = public.clone();
             }
             Status::Rejected { reason, detail } => {
@@ -81,20 +86,23 @@ pub fn path(flag: Option<&PathBuf>) -> PathBuf {
     }
 }
 
-/// Write `status` to `path` on every change until `shutdown`, then remove the file.
+/// Write `status` to `path` on every change (and every few seconds, for the RTT) until
+/// `shutdown`, then remove the file.
 pub async fn keep_written(
     mut status: tokio::sync::watch::Receiver<Status>,
+    rtt: agent::RttProbe,
     path: PathBuf,
     shutdown: CancellationToken,
 ) {
     loop {
-        let report = Report::of(&status.borrow_and_update());
+        let report = Report::of(&status.borrow_and_update(), rtt.rtt());
         if let Err(e) = write(&path, &report) {
             tracing::warn!(path = %path.display(), "cannot write the status file: {e}");
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = status.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
         }
     }
     let _ = std::fs::remove_file(&path);
@@ -128,6 +136,9 @@ pub fn show(path: &Path) -> anyhow::Result<bool> {
     );
     if let Some(t) = &r.transport {
         println!("transport:  {t}");
+    }
+    if let Some(ms) = r.rtt_ms {
+        println!("rtt:        {ms:.1} ms");
     }
     for (name, url) in &r.public {
         println!("tunnel:     {name} → {url}");

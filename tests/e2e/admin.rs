@@ -165,6 +165,7 @@ async fn agent_status_reports_the_running_agent() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("state:      connected"), "{text}");
     assert!(text.contains("transport:  quic"), "{text}");
+    assert!(text.contains("rtt:        "), "{text}");
     assert!(
         text.contains(&format!("echo → tcp://relay.localhost:{port}")),
         "{text}"
