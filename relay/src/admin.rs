@@ -73,6 +73,7 @@ pub(crate) async fn serve(
         .route("/api/agents", get(agents))
         .route("/api/tunnels", get(tunnels))
         .route("/api/bans", get(bans))
+        .route("/api/users", get(users))
         .route("/api/bans/{ip}", axum::routing::delete(unban))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
@@ -190,6 +191,30 @@ async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
         .collect();
     out.sort_by(|a, b| a.public.cmp(&b.public));
     Json(out)
+}
+
+/// One visitor account (never its hash).
+#[derive(Serialize)]
+struct UserView {
+    name: String,
+    hosts: Vec<String>,
+    disabled: bool,
+}
+
+/// The users file's accounts.
+async fn users(State(st): State<AdminState>) -> Result<Json<Vec<UserView>>, (StatusCode, String)> {
+    let file = crate::access::users::UsersFile::load(&st.shared.config.users_file())
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(
+        file.users
+            .into_iter()
+            .map(|u| UserView {
+                name: u.name,
+                hosts: u.hosts,
+                disabled: u.disabled,
+            })
+            .collect(),
+    ))
 }
 
 /// One banned address.

@@ -221,12 +221,13 @@ async fn udp_tunnel_counters_are_in_the_metrics() {
 }
 
 #[tokio::test]
-async fn bans_are_listed_and_lifted_through_the_api() {
+async fn bans_and_users_through_the_api() {
     use relay::access::bans::{Ban, BanFile};
     let nvr = Nvr::start().await;
     let relay = TestRelay::start_configured(|c| {
         c.access
-            .push(relay::config::AccessRule::public("cam.relay.localhost"))
+            .push(relay::config::AccessRule::public("cam.relay.localhost"));
+        with_users(c, &[("alice", "alice-password", &["cam.relay.localhost"])]);
     })
     .await;
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
@@ -278,6 +279,13 @@ async fn bans_are_listed_and_lifted_through_the_api() {
     let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token)).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(admin_get(&relay, "/api/bans", Some(&token)).await.1, "[]");
+    // Users: names and hostnames, never hashes.
+    let (code, users) = admin_get(&relay, "/api/users", Some(&token)).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(
+        users,
+        r#"[{"name":"alice","hosts":["cam.relay.localhost"],"disabled":false}]"#
+    );
     assert_eventually!(
         status().await == StatusCode::OK,
         5,
