@@ -74,6 +74,11 @@ pub(crate) async fn serve(
         .route("/api/tunnels", get(tunnels))
         .route("/api/bans", get(bans))
         .route("/api/users", get(users))
+        .route("/api/tokens", axum::routing::post(issue_token))
+        .route(
+            "/api/tokens/{jti}/revoke",
+            axum::routing::post(revoke_token),
+        )
         .route("/api/bans/{ip}", axum::routing::delete(unban))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let app = Router::new()
@@ -191,6 +196,92 @@ async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
         .collect();
     out.sort_by(|a, b| a.public.cmp(&b.public));
     Json(out)
+}
+
+/// `POST /api/tokens`: what `periscope token issue` takes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueBody {
+    agent: String,
+    /// Default: `AGENT.DOMAIN`.
+    #[serde(default)]
+    hosts: Vec<String>,
+    /// Ports or ranges, e.g. `"2222"`, `"8000-8100"`.
+    #[serde(default)]
+    tcp_ports: Vec<String>,
+    #[serde(default)]
+    udp_ports: Vec<String>,
+    /// Lifetime, e.g. `"90d"`.
+    ttl: String,
+}
+
+#[derive(Serialize)]
+struct IssuedView {
+    token: String,
+    id: String,
+    agent: String,
+    expires: String,
+}
+
+/// Issue an agent token (signed by the relay's key, like the CLI).
+async fn issue_token(
+    State(st): State<AdminState>,
+    Json(body): Json<IssueBody>,
+) -> Result<Json<IssuedView>, (StatusCode, String)> {
+    let bad = |e: String| (StatusCode::BAD_REQUEST, e);
+    let ports = |v: &[String]| {
+        v.iter()
+            .map(|p| p.parse::<crate::PortRange>())
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ttl = humantime::parse_duration(&body.ttl)
+        .map_err(|e| bad(format!("ttl `{}`: {e} (use e.g. 90d, 12h)", body.ttl)))?;
+    let domain = &st.shared.config.domain;
+    let hosts = if body.hosts.is_empty() {
+        vec![format!("{}.{domain}", body.agent)]
+    } else {
+        body.hosts
+    };
+    let (token, claims) = st
+        .shared
+        .keys
+        .issue(
+            &crate::IssueRequest {
+                agent: body.agent,
+                hosts,
+                tcp_ports: ports(&body.tcp_ports).map_err(bad)?,
+                udp_ports: ports(&body.udp_ports).map_err(bad)?,
+                ttl,
+            },
+            SystemTime::now(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    tracing::info!(agent = %claims.sub, id = %claims.jti, "token issued through the admin API");
+    Ok(Json(IssuedView {
+        token,
+        id: claims.jti,
+        agent: claims.sub,
+        expires: humantime::format_rfc3339_seconds(
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(claims.exp),
+        )
+        .to_string(),
+    }))
+}
+
+/// Revoke a token by id; a connected agent using it is disconnected within seconds.
+async fn revoke_token(
+    State(st): State<AdminState>,
+    axum::extract::Path(jti): axum::extract::Path<String>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let revoked =
+        crate::token::Revocations::revoke(&st.shared.config.data_dir, &jti, SystemTime::now())
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if revoked {
+        tracing::info!(id = %jti, "token revoked through the admin API");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Ok(StatusCode::CONFLICT)
+    }
 }
 
 /// One visitor account (never its hash).

@@ -3,22 +3,23 @@
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 use crate::common::*;
 
 /// GET `path` on the admin listener with an optional bearer token: status and body.
 async fn admin_get(relay: &TestRelay, path: &str, token: Option<&str>) -> (StatusCode, String) {
-    admin_call(relay, "GET", path, token).await
+    admin_call(relay, "GET", path, token, "").await
 }
 
-/// `method path` on the admin listener: status and body.
+/// `method path` (with a JSON `body` unless empty) on the admin listener: status and body.
 async fn admin_call(
     relay: &TestRelay,
     method: &str,
     path: &str,
     token: Option<&str>,
+    body: &str,
 ) -> (StatusCode, String) {
     let tcp = tokio::net::TcpStream::connect(relay.admin).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -32,8 +33,11 @@ async fn admin_call(
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
     let resp = send
-        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
         .await
         .unwrap();
     let status = resp.status();
@@ -263,7 +267,7 @@ async fn bans_and_users_through_the_api() {
         "the ban file is picked up"
     );
     assert_eq!(
-        admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", None)
+        admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", None, "")
             .await
             .0,
         StatusCode::UNAUTHORIZED
@@ -274,9 +278,9 @@ async fn bans_and_users_through_the_api() {
     assert_eq!(bans[0]["ip"], "127.0.0.1");
     assert_eq!(bans[0]["until"], "forever");
     assert_eq!(bans[0]["last_user"], "root");
-    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token)).await;
+    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token), "").await;
     assert_eq!(code, StatusCode::NO_CONTENT);
-    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token)).await;
+    let (code, _) = admin_call(&relay, "DELETE", "/api/bans/127.0.0.1", Some(&token), "").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_eq!(admin_get(&relay, "/api/bans", Some(&token)).await.1, "[]");
     // Users: names and hostnames, never hashes.
@@ -291,6 +295,57 @@ async fn bans_and_users_through_the_api() {
         5,
         "the lifted ban takes effect"
     );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_are_issued_and_revoked_through_the_api() {
+    let relay = TestRelay::start().await;
+    let token = relay.admin_token.clone();
+    let port = free_port();
+    let body = format!(r#"{{"agent":"home","tcp_ports":["{port}"],"ttl":"1h"}}"#);
+    assert_eq!(
+        admin_call(&relay, "POST", "/api/tokens", None, &body)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (code, bad) = admin_call(
+        &relay,
+        "POST",
+        "/api/tokens",
+        Some(&token),
+        r#"{"agent":"home","ttl":"soon"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+    let (code, issued) = admin_call(&relay, "POST", "/api/tokens", Some(&token), &body).await;
+    assert_eq!(code, StatusCode::OK, "{issued}");
+    let issued: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    let (agent_token, id) = (
+        issued["token"].as_str().unwrap().to_string(),
+        issued["id"].as_str().unwrap().to_string(),
+    );
+    // The token works for an agent...
+    let echo = echo_server().await;
+    let mut agent = AgentBuilder::new(&relay, &agent_token)
+        .tcp("echo", echo, port)
+        .start()
+        .await;
+    agent.connected().await;
+    // ...until it is revoked through the API.
+    let path = format!("/api/tokens/{id}/revoke");
+    let (code, _) = admin_call(&relay, "POST", &path, Some(&token), "").await;
+    assert_eq!(code, StatusCode::NO_CONTENT);
+    let s = agent
+        .wait_for("rejected or disconnected", |s| {
+            !matches!(s, agent::Status::Connected { .. })
+        })
+        .await;
+    assert!(!matches!(s, agent::Status::Connected { .. }));
+    let (code, _) = admin_call(&relay, "POST", &path, Some(&token), "").await;
+    assert_eq!(code, StatusCode::CONFLICT, "already revoked");
     agent.stop().await;
     relay.stop().await;
 }
