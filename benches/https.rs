@@ -17,11 +17,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{free_port, median};
+use common::{free_port, median, rathole_bin, wait_fingerprint};
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -111,23 +111,6 @@ fn nginx_tls(dir: &Path, name: &str, port: u16, upstream: u16) -> Child {
     )
 }
 
-fn rathole_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("RATHOLE") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from("/tmp/rathole-inst/bin/rathole");
-    if p.exists() {
-        return Some(p);
-    }
-    Command::new("rathole")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()
-        .map(|_| PathBuf::from("rathole"))
-}
-
 /// rathole server + client forwarding public `port` to `target` (plain tcp transport, as
 /// behind nginx TLS).
 fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
@@ -204,15 +187,7 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
         .spawn()
         .unwrap();
     wait_port(https);
-    let fp = std::fs::read_to_string(dir.join("relay.log"))
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.starts_with("sha256:"))
-        .map(|w| {
-            w.trim_end_matches(|c: char| !c.is_ascii_hexdigit())
-                .to_string()
-        })
-        .unwrap();
+    let fp = wait_fingerprint(&dir.join("data/self-signed.crt"));
     let mut agent = Command::new(EXE);
     agent
         .env("PERISCOPE_LOG", "warn")

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{free_port, median};
+use common::{free_port, median, rathole_bin, wait_fingerprint};
 
 use std::{
     net::SocketAddr,
@@ -174,28 +174,6 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
         client: Some(agent),
         restart: Box::new(start_relay),
     }
-}
-
-/// The relay creates its certificate on first start; its fingerprint is SHA-256 of the DER.
-fn wait_fingerprint(pem_path: &Path) -> String {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if let Ok(p) = std::fs::read(pem_path)
-            .map_err(|_| ())
-            .and_then(|d| pem::parse(d).map_err(|_| ()))
-        {
-            let d = ring::digest::digest(&ring::digest::SHA256, p.contents());
-            return format!(
-                "sha256:{}",
-                d.as_ref()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("relay did not create {}", pem_path.display());
 }
 
 fn rathole(dir: &Path, bin: &Path, noise: bool, sink: SocketAddr, echo: SocketAddr) -> System {
@@ -408,17 +386,6 @@ async fn measure(name: &str, sink: u16, echo: u16) -> Row {
         mem: None,
         restart: None,
     }
-}
-
-fn rathole_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("RATHOLE") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("rathole"))
-            .find(|p| p.is_file())
-    })
 }
 
 fn main() {

@@ -10,6 +10,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::{free_port, rathole_bin, wait_fingerprint};
+
 use std::{
     net::{SocketAddr, UdpSocket},
     path::{Path, PathBuf},
@@ -30,20 +33,6 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-fn free_port() -> u16 {
-    use std::sync::atomic::AtomicU16;
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 4000) as u16 * 2;
-    loop {
-        let p = base + NEXT.fetch_add(1, Ordering::Relaxed) % 4000;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", p));
-        let udp = UdpSocket::bind(("127.0.0.1", p));
-        if tcp.is_ok() && udp.is_ok() {
-            return p;
-        }
-    }
 }
 
 /// What the sink saw for the current run.
@@ -207,26 +196,7 @@ fn periscope(dir: &Path, target: SocketAddr) -> System {
         .spawn()
         .unwrap();
     let pem = dir.join("data/self-signed.crt");
-    let t0 = Instant::now();
-    let fingerprint = loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "relay did not start"
-        );
-        if let Ok(p) = std::fs::read(&pem) {
-            if let Ok(p) = pem::parse(p) {
-                let d = ring::digest::digest(&ring::digest::SHA256, p.contents());
-                break format!(
-                    "sha256:{}",
-                    d.as_ref()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<String>()
-                );
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let fingerprint = wait_fingerprint(&pem);
     let agent = Command::new(EXE)
         .env("PERISCOPE_LOG", "warn")
         .args([
@@ -288,17 +258,6 @@ fn rathole(dir: &Path, bin: &Path, target: SocketAddr) -> System {
         port,
         children: vec![server, client],
     }
-}
-
-fn rathole_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("RATHOLE") {
-        return Some(PathBuf::from(p));
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("rathole"))
-            .find(|p| p.is_file())
-    })
 }
 
 /// Until one packet goes through (bounded).

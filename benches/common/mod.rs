@@ -1,4 +1,5 @@
-//! Helpers shared by the bench binaries.
+//! Helpers shared by the bench binaries (each uses a subset).
+#![allow(dead_code)]
 
 /// A free port below Linux's ephemeral range (32768+): a client socket from that range can
 /// connect to itself on a listening-free loopback port and fake a working tunnel, or squat
@@ -21,4 +22,43 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// rathole for the comparison rows: `RATHOLE`, a `cargo install --root /tmp/rathole-inst`
+/// build, or `rathole` on PATH.
+pub(crate) fn rathole_bin() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("RATHOLE") {
+        return Some(p.into());
+    }
+    let local = std::path::PathBuf::from("/tmp/rathole-inst/bin/rathole");
+    if local.is_file() {
+        return Some(local);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("rathole"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The relay creates its certificate on first start; its fingerprint is SHA-256 of the DER.
+pub(crate) fn wait_fingerprint(pem_path: &std::path::Path) -> String {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        if let Ok(p) = std::fs::read(pem_path)
+            .map_err(|_| ())
+            .and_then(|d| pem::parse(d).map_err(|_| ()))
+        {
+            let d = ring::digest::digest(&ring::digest::SHA256, p.contents());
+            return format!(
+                "sha256:{}",
+                d.as_ref()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("relay did not create {}", pem_path.display());
 }
