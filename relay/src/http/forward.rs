@@ -128,6 +128,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     v: Arc<Visitor>,
     req: Request<Incoming>,
+    host: Result<String, &'static str>,
 ) -> Response<Body> {
     // hyper refuses heads beyond its buffer with a bare 431; the limit itself is checked here
     // (the buffer has some slack above it) so most visitors get a page that says why.
@@ -138,7 +139,8 @@ pub(crate) async fn handle(
             "The request's headers are larger than this site accepts. Clearing the site's cookies may help.",
         );
     }
-    let host = match request_host(&req) {
+    // The caller parsed it once (`request_host`), for this and for its metrics label.
+    let host = match host {
         Ok(h) => h,
         Err(msg) => return page(StatusCode::BAD_REQUEST, "Bad request", msg),
     };

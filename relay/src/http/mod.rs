@@ -161,20 +161,22 @@ async fn connection(
         async move {
             let hsts = shared.config.tls.hsts;
             let started = std::time::Instant::now();
+            let host = forward::request_host(&req);
             // Label by hostname only when it is routed: the label set stays bounded.
-            let host = forward::request_host(&req)
+            let label = host
+                .as_ref()
                 .ok()
-                .filter(|h| shared.routes.contains_key(h))
-                .unwrap_or_else(|| "other".into());
+                .filter(|h| shared.routes.contains_key(*h))
+                .map_or_else(|| "other".into(), |h| h.clone());
             let (resp, grant) =
-                crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req)).await;
+                crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req, host)).await;
             let mut resp = crate::access::meter::meter(&shared, grant, resp, &upgrade);
             let m = &shared.metrics;
             m.http_response_seconds
                 .observe(started.elapsed().as_secs_f64());
             m.http_responses
                 .get_or_create(&crate::metrics::HttpLabels {
-                    host,
+                    host: label,
                     code: resp.status().as_u16(),
                 })
                 .inc();
