@@ -28,18 +28,10 @@ pub fn token_path(config: &RelayConfig) -> PathBuf {
 
 /// The admin token, created (random, 0600) on first use.
 pub fn load_or_create_token(config: &RelayConfig) -> Result<String, RelayError> {
-    let path = token_path(config);
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        let t = t.trim().to_string();
-        if t.len() >= 32 {
-            return Ok(t);
-        }
-    }
-    identity::ensure_data_dir(&config.data_dir)?;
-    let t = identity::random_hex(32)?;
-    identity::write_private(&path, t.as_bytes())?;
-    tracing::info!(path = %path.display(), "created the admin API token");
-    Ok(t)
+    let t = identity::load_or_create_secret(&token_path(config), || {
+        Ok(identity::random_hex(32)?.into_bytes())
+    })?;
+    Ok(String::from_utf8_lossy(&t).trim().to_string())
 }
 
 #[derive(Clone)]

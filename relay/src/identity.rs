@@ -74,12 +74,33 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), RelayError> {
     write().map_err(RelayError::file(path))
 }
 
-fn random(n: usize) -> Result<Vec<u8>, RelayError> {
+/// `n` bytes from the system's secure random generator.
+pub fn random(n: usize) -> Result<Vec<u8>, RelayError> {
     let mut v = vec![0u8; n];
     ring::rand::SystemRandom::new()
         .fill(&mut v)
         .map_err(|_| RelayError::Key("system random generator failed".into()))?;
     Ok(v)
+}
+
+/// A secret kept in `path` (0600): the file's content when it holds at least 32 bytes, else
+/// what `make` returns, written there first (the directory is created 0700 if needed).
+pub fn load_or_create_secret(
+    path: &Path,
+    make: impl FnOnce() -> Result<Vec<u8>, RelayError>,
+) -> Result<Vec<u8>, RelayError> {
+    if let Ok(k) = fs::read(path) {
+        if k.len() >= 32 {
+            return Ok(k);
+        }
+    }
+    if let Some(dir) = path.parent() {
+        ensure_data_dir(dir)?;
+    }
+    let k = make()?;
+    write_private(path, &k)?;
+    tracing::info!(path = %path.display(), "created a new secret");
+    Ok(k)
 }
 
 /// Random hex string of `bytes` bytes of entropy.
@@ -145,15 +166,7 @@ pub fn load(config: &RelayConfig) -> Result<Identity, RelayError> {
     };
     let fingerprint = fingerprint(&certs[0]);
     let signing_pkcs8 = load_or_create_signing_key(&config.key_file())?;
-    let reset_path = config.data_dir.join("quic-reset.key");
-    let reset_key = match fs::read(&reset_path) {
-        Ok(k) if k.len() >= 32 => k,
-        _ => {
-            let k = random(32)?;
-            write_private(&reset_path, &k)?;
-            k
-        }
-    };
+    let reset_key = load_or_create_secret(&config.data_dir.join("quic-reset.key"), || random(32))?;
     Ok(Identity {
         certs,
         key,

@@ -77,15 +77,9 @@ pub(crate) struct Access {
 
 /// The 32-byte HMAC key for session cookies, in `DATA_DIR/session.key` (0600).
 fn session_key(config: &RelayConfig) -> Result<Vec<u8>, RelayError> {
-    let path = config.data_dir.join("session.key");
-    match std::fs::read(&path) {
-        Ok(k) if k.len() >= 32 => Ok(k),
-        _ => {
-            let k = identity::random_hex(32)?.into_bytes();
-            identity::write_private(&path, &k)?;
-            Ok(k)
-        }
-    }
+    identity::load_or_create_secret(&config.data_dir.join("session.key"), || {
+        Ok(identity::random_hex(32)?.into_bytes())
+    })
 }
 
 impl Access {

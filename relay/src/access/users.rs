@@ -19,7 +19,6 @@ use argon2::{
     password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
-use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::{identity, token::host_matches, RelayError};
@@ -78,11 +77,7 @@ pub fn valid_user_name(name: &str) -> bool {
 
 /// Hash `password` with argon2id (the crate's default cost: 19 MiB, 2 passes) and a random salt.
 pub fn hash_password(password: &str) -> Result<String, RelayError> {
-    let mut salt = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| RelayError::Key("system random generator failed".into()))?;
-    let salt = SaltString::encode_b64(&salt)
+    let salt = SaltString::encode_b64(&identity::random(16)?)
         .map_err(|e| RelayError::Key(format!("password salt: {e}")))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
