@@ -35,6 +35,21 @@ async fn limited(f: impl FnOnce(&mut relay::RelayConfig)) -> (TestRelay, TestAge
     (relay, agent, nvr)
 }
 
+/// `method path` for `cam.relay.localhost`, without a body.
+fn cam_request(method: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "cam.relay.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// `GET path` for `cam.relay.localhost`.
+fn get(path: &str) -> Request<Full<Bytes>> {
+    cam_request("GET", path)
+}
+
 /// Send `head` to the plain-HTTP listener and return the response head.
 async fn plain(relay: &TestRelay, head: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(relay.http).await.unwrap();
@@ -344,13 +359,6 @@ async fn http2_streams_per_connection_are_capped() {
 #[tokio::test]
 async fn connections_to_the_recorder_are_reused_like_upstream_keepalive() {
     let (relay, agent, nvr) = limited(|_| {}).await;
-    let get = |path: &'static str| {
-        Request::builder()
-            .uri(path)
-            .header("host", "cam.relay.localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
     // Twenty requests from separate visitor connections, one after another: one recorder
     // connection carries them all.
     for _ in 0..20 {
@@ -388,12 +396,7 @@ async fn a_recorder_closing_kept_alive_connections_costs_no_request() {
     // (retried on a new connection when the stale one fails).
     let (relay, agent, nvr) = limited(|_| {}).await;
     for i in 0..20 {
-        let req = Request::builder()
-            .uri("/sloppy/casing")
-            .header("host", "cam.relay.localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = https_request(&relay, "cam.relay.localhost", false, req).await;
+        let resp = https_request(&relay, "cam.relay.localhost", false, get("/sloppy/casing")).await;
         assert_eq!(resp.status(), StatusCode::OK, "request {i}");
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
@@ -427,20 +430,24 @@ async fn a_request_lost_on_a_stale_connection_is_retried_when_safe() {
     })
     .await;
     let (relay, agent) = cam_relay(target, |_| {}).await;
-    let req = |method: &str| {
-        Request::builder()
-            .method(method)
-            .uri("/")
-            .header("host", "cam.relay.localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
     for i in 0..5 {
-        let resp = https_request(&relay, "cam.relay.localhost", false, req("GET")).await;
+        let resp = https_request(
+            &relay,
+            "cam.relay.localhost",
+            false,
+            cam_request("GET", "/"),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK, "GET {i}");
     }
     // A POST is not repeated behind the visitor's back: it fails with a 502 instead.
-    let resp = https_request(&relay, "cam.relay.localhost", false, req("POST")).await;
+    let resp = https_request(
+        &relay,
+        "cam.relay.localhost",
+        false,
+        cam_request("POST", "/"),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     agent.stop().await;
     relay.stop().await;
@@ -453,13 +460,6 @@ async fn an_agent_stream_budget_bounds_requests_in_flight() {
         c.limits.connect_timeout = std::time::Duration::from_millis(500);
     })
     .await;
-    let get = |path: &'static str| {
-        Request::builder()
-            .uri(path)
-            .header("host", "cam.relay.localhost")
-            .body(Full::new(Bytes::new()))
-            .unwrap()
-    };
     let a = https_request(
         &relay,
         "cam.relay.localhost",
@@ -483,7 +483,7 @@ async fn an_agent_stream_budget_bounds_requests_in_flight() {
     // One stream ends: requests flow again (and idle kept-alive ones never block a new one).
     drop(a);
     for _ in 0..3 {
-        let r = status_once_unblocked(&relay, get).await;
+        let r = status_once_unblocked(&relay).await;
         assert_eq!(r, StatusCode::OK);
     }
     drop(b);
@@ -492,10 +492,7 @@ async fn an_agent_stream_budget_bounds_requests_in_flight() {
 }
 
 /// Retry a request for up to 5 s until it is not a 504 (a freed stream is returned by a task).
-async fn status_once_unblocked(
-    relay: &TestRelay,
-    get: impl Fn(&'static str) -> Request<Full<Bytes>>,
-) -> StatusCode {
+async fn status_once_unblocked(relay: &TestRelay) -> StatusCode {
     let t0 = std::time::Instant::now();
     loop {
         let r = https_request(relay, "cam.relay.localhost", false, get("/api/request")).await;
