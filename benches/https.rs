@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{free_port, median, rathole_bin, wait_fingerprint};
+use common::{free_port, median, rathole_bin, spawn_agent, wait_fingerprint};
 
 use std::{
     net::SocketAddr,
@@ -201,18 +201,11 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
         .unwrap();
     wait_port(https);
     let fp = wait_fingerprint(&dir.join("data/self-signed.crt"));
-    let mut agent = Command::new(EXE);
-    agent
-        .env("PERISCOPE_LOG", "warn")
-        .args(["agent", "--relay", &format!("127.0.0.1:{quic}")])
-        .args(["--fingerprint", &fp, "--token", &token]);
-    for (name, t) in targets {
-        agent.args(["--http", &format!("{name}={t}")]);
-    }
-    let agent = agent
-        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let args: Vec<String> = targets
+        .iter()
+        .flat_map(|(name, t)| ["--http".to_string(), format!("{name}={t}")])
+        .collect();
+    let agent = spawn_agent(dir, quic, &fp, &token, &args);
     // Until the route answers.
     let t0 = Instant::now();
     loop {
@@ -385,6 +378,15 @@ fn tls_client(ca: &Path) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 
+/// Every stream's frame latencies, in one list.
+async fn all_latencies(tasks: Vec<tokio::task::JoinHandle<Vec<f64>>>) -> Vec<f64> {
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
 /// `n` MJPEG streams direct (one HTTP/1.1 connection each): all frame latencies.
 async fn mjpeg_direct(origin: SocketAddr, n: usize, epoch: Instant) -> Vec<f64> {
     let tasks: Vec<_> = (0..n)
@@ -405,11 +407,7 @@ async fn mjpeg_direct(origin: SocketAddr, n: usize, epoch: Instant) -> Vec<f64> 
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    all_latencies(tasks).await
 }
 
 /// `n` MJPEG streams through Periscope on one HTTP/2 connection.
@@ -435,11 +433,7 @@ async fn mjpeg_periscope(edge: u16, ca: &Path, n: usize, epoch: Instant) -> Vec<
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
+    all_latencies(tasks).await
 }
 
 fn main() {

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{free_port, median, rathole_bin, wait_fingerprint};
+use common::{free_port, median, rathole_bin, spawn_agent, wait_fingerprint};
 
 use std::{
     net::SocketAddr,
@@ -142,26 +142,17 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
     };
     let relay = start_relay();
     let fingerprint = wait_fingerprint(&dir.join("data/self-signed.crt"));
-    let agent = Command::new(EXE)
-        .env("PERISCOPE_LOG", "warn")
-        .args([
-            "agent",
-            "--relay",
-            &format!("127.0.0.1:{quic}"),
-            "--fingerprint",
-            &fingerprint,
-            "--token",
-            &token,
-        ])
-        .args([
-            "--tcp",
-            &format!("sink={sink}:{sink_port}"),
-            "--tcp",
-            &format!("echo={echo}:{echo_port}"),
-        ])
-        .stderr(log_file(dir, "agent.log"))
-        .spawn()
-        .unwrap();
+    let mut args = vec![
+        "--tcp".to_string(),
+        format!("sink={sink}:{sink_port}"),
+        "--tcp".to_string(),
+        format!("echo={echo}:{echo_port}"),
+    ];
+    if let Some(k) = keep_alive {
+        // The row is named after it: the agent must really run with it.
+        args.extend(["--keep-alive".to_string(), k.to_string()]);
+    }
+    let agent = spawn_agent(dir, quic, &fingerprint, &token, &args);
     System {
         name: if keep_alive.is_some() {
             "periscope, agent keep_alive=500ms"

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::{free_port, rathole_bin, wait_fingerprint};
+use common::{free_port, rathole_bin, spawn_agent, wait_fingerprint};
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -197,22 +197,13 @@ fn periscope(dir: &Path, target: SocketAddr) -> System {
         .unwrap();
     let pem = dir.join("data/self-signed.crt");
     let fingerprint = wait_fingerprint(&pem);
-    let agent = Command::new(EXE)
-        .env("PERISCOPE_LOG", "warn")
-        .args([
-            "agent",
-            "--relay",
-            &format!("127.0.0.1:{quic}"),
-            "--fingerprint",
-            &fingerprint,
-            "--token",
-            &token,
-            "--udp",
-            &format!("sink={target}:{port}"),
-        ])
-        .stderr(log_file(dir, "agent.log"))
-        .spawn()
-        .unwrap();
+    let agent = spawn_agent(
+        dir,
+        quic,
+        &fingerprint,
+        &token,
+        &["--udp".to_string(), format!("sink={target}:{port}")],
+    );
     System {
         name: "periscope (QUIC datagrams)",
         port,

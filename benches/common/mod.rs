@@ -62,3 +62,22 @@ pub(crate) fn wait_fingerprint(pem_path: &std::path::Path) -> String {
     }
     panic!("relay did not create {}", pem_path.display());
 }
+
+/// The release `periscope agent` dialling the relay at `127.0.0.1:quic`, pinning `fingerprint`,
+/// with `args` (its tunnels and options); warnings go to `dir/agent.log`.
+pub(crate) fn spawn_agent(
+    dir: &std::path::Path,
+    quic: u16,
+    fingerprint: &str,
+    token: &str,
+    args: &[String],
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_periscope"))
+        .env("PERISCOPE_LOG", "warn")
+        .args(["agent", "--relay", &format!("127.0.0.1:{quic}")])
+        .args(["--fingerprint", fingerprint, "--token", token])
+        .args(args)
+        .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
