@@ -138,6 +138,9 @@ async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             "--ignore-certificate-errors",
             "--remote-debugging-port=0",
             "--remote-allow-origins=*",
@@ -150,22 +153,29 @@ async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
         .spawn()
         .unwrap();
     eprintln!("browser: started");
+    // Chromium creates DevToolsActivePort before it writes the port into it: wait for a
+    // port that parses, not for the file.
     let port_file = profile.path().join("DevToolsActivePort");
+    let devtools_port = || -> Option<u16> {
+        std::fs::read_to_string(&port_file)
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
     assert_eventually!(
-        port_file.exists(),
+        devtools_port().is_some(),
         30,
         "Chromium did not start its DevTools"
     );
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = devtools_port().expect("DevTools port");
     let mut list = serde_json::Value::Null;
     for _ in 0..100 {
-        if let Ok(v) = serde_json::from_str(&devtools_get(port, "/json/list").await) {
+        if let Ok(v @ serde_json::Value::Array(_)) =
+            serde_json::from_str(&devtools_get(port, "/json/list").await)
+        {
             list = v;
             break;
         }
@@ -173,7 +183,7 @@ async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
     }
     let url = list
         .as_array()
-        .unwrap()
+        .expect("the DevTools target list")
         .iter()
         .find(|t| t["type"] == "page")
         .expect("a page target")["webSocketDebuggerUrl"]
