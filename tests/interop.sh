@@ -5,8 +5,8 @@
 # 100 MiB each way with sha256 checks, an endless MJPEG stream read with `curl -N`), kill -9 of
 # the relay, token revocation, the relay's graceful shutdown, the admin API, `periscope demo`
 # (and its page in headless Chromium), ACME with pebble (http-01, tls-alpn-01), coturn behind a
-# udp tunnel (STUN binding, TURN allocation and relaying), and the edge login in headless
-# Chromium. Every wait is bounded; every process is stopped by PID.
+# udp tunnel (STUN binding, TURN allocation and relaying), the edge login in headless
+# Chromium, and emulated networks in namespaces (tests/netns/). Every wait is bounded; every process is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,49 +63,11 @@ QUIC=$(free_port); PORT=$(free_port); ECHO=$(free_port); HTTPS=$(free_port); WEB
 mkdir -p "$WORK/www" && echo "hello from the recorder" >"$WORK/www/hello.txt"
 head -c $((100 << 20)) /dev/urandom >"$WORK/www/big.bin"
 BIG_SUM=$(sha256sum "$WORK/www/big.bin" | cut -d' ' -f1)
-python3 - "$WEB" "$WORK/www" >"$WORK/web.log" 2>&1 <<'PY' &
-import functools, hashlib, http.server, sys, time
-class Recorder(http.server.SimpleHTTPRequestHandler):
-    def do_POST(self):
-        left, h = int(self.headers.get("Content-Length", "0")), hashlib.sha256()
-        while left > 0:
-            d = self.rfile.read(min(left, 1 << 16))
-            if not d: break
-            h.update(d); left -= len(d)
-        body = h.hexdigest().encode()
-        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        if self.path != "/mjpeg":
-            return super().do_GET()
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame"); self.end_headers()
-        jpeg = b"\xff\xd8" + b"\x55" * 2000 + b"\xff\xd9"
-        try:
-            while True:
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
-                self.wfile.flush(); time.sleep(0.1)
-        except OSError:
-            pass
-handler = functools.partial(Recorder, directory=sys.argv[2])
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
-PY
+python3 tests/interop/recorder.py "$WEB" "$WORK/www" >"$WORK/web.log" 2>&1 &
 PIDS+=($!)
 
 # A TCP echo target (python, not ours).
-python3 - "$ECHO" >"$WORK/echo.log" 2>&1 <<'PY' &
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(128)
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        c.sendall(d)
-    c.shutdown(socket.SHUT_WR); c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
+python3 tests/interop/echo.py "$ECHO" >"$WORK/echo.log" 2>&1 &
 PIDS+=($!)
 
 cat >"$WORK/relay.toml" <<TOML
@@ -318,5 +280,10 @@ command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq
 cargo test --locked --test e2e browser:: -- --ignored >"$WORK/browser.log" 2>&1 \
   || fail "chromium login flow: $(grep -v '^ *[0-9]*: \|^ *at ' "$WORK/browser.log" | tail -n 30)"
 ok "headless Chromium: login, session cookie, recorder page, MJPEG and WebSocket through the edge, logout"
+
+# 9. Every network (tests/netns/run.sh, root): CGNAT, NAT rebinding during a 256 MiB
+#    transfer, a satellite link through the userspace link emulator, relay kill -9.
+BIN="$BIN" bash tests/netns/run.sh >"$WORK/netns.log" 2>&1 || fail "emulated networks: $(tail -n 40 "$WORK/netns.log")"
+while read -r line; do ok "${line#netns: ok: }"; done < <(grep '^netns: ok: ' "$WORK/netns.log")
 
 echo "interop: $pass passed, 0 failed"

@@ -1,0 +1,97 @@
+# Emulated networks for the interop suite and the satellite bench (sourced, bash).
+#
+#   visitor 10.99.1.2 ── veth ── 10.99.1.1 vps 10.99.2.1 ── TUN ⇄ linkem.py ⇄ TUN ── 10.99.2.2 nat 10.99.3.1 ── veth ── 10.99.3.2 home
+#
+# `vps` runs the relay (its public side faces `visitor`); `home` runs the agent and the
+# recorder behind `nat`, a CGNAT-like router (MASQUERADE, no inbound connections). The
+# vps⇄nat link goes through the userspace link emulator (tests/netns/linkem.py), whose delay,
+# loss and rate `ns_link` changes at any time. Every address lives inside these namespaces.
+#
+# The caller sets WORK (a scratch folder) and PIDS (an array), and calls ns_down on exit.
+
+NS_VISITOR=psc-visitor
+NS_VPS=psc-vps
+NS_NAT=psc-nat
+NS_HOME=psc-home
+NS_ALL=("$NS_VISITOR" "$NS_VPS" "$NS_NAT" "$NS_HOME")
+VPS_PUBLIC=10.99.1.1
+VPS_UPLINK=10.99.2.1
+NAT_UPLINK=10.99.2.2
+
+ns_need_tools() {
+  local need=()
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v conntrack >/dev/null || need+=(conntrack)
+  command -v python3 >/dev/null || need+=(python3)
+  command -v curl >/dev/null || need+=(curl)
+  if [ ${#need[@]} -gt 0 ]; then apt-get update -qq && apt-get install -y -qq "${need[@]}"; fi
+}
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+ns_down() {
+  [ -n "${LINKEM_PID:-}" ] && kill "$LINKEM_PID" 2>/dev/null && wait "$LINKEM_PID" 2>/dev/null
+  LINKEM_PID=
+  for ns in "${NS_ALL[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+}
+
+# ns_up: build the four namespaces, the links and the NAT; start the link emulator clean.
+ns_up() {
+  ns_down
+  for ns in "${NS_ALL[@]}"; do ip netns add "$ns"; in_ns "$ns" ip link set lo up; done
+
+  ip link add vis0 netns "$NS_VISITOR" type veth peer name vps-vis netns "$NS_VPS"
+  in_ns "$NS_VISITOR" ip addr add 10.99.1.2/24 dev vis0
+  in_ns "$NS_VISITOR" ip link set vis0 up
+  in_ns "$NS_VPS" ip addr add "$VPS_PUBLIC/24" dev vps-vis
+  in_ns "$NS_VPS" ip link set vps-vis up
+
+  ip link add home0 netns "$NS_HOME" type veth peer name nat-home netns "$NS_NAT"
+  in_ns "$NS_HOME" ip addr add 10.99.3.2/24 dev home0
+  in_ns "$NS_HOME" ip link set home0 up
+  in_ns "$NS_HOME" ip route add default via 10.99.3.1
+  in_ns "$NS_NAT" ip addr add 10.99.3.1/24 dev nat-home
+  in_ns "$NS_NAT" ip link set nat-home up
+
+  echo '{}' >"$WORK/link.json"
+  rm -f "$WORK/linkem.ready"
+  python3 tests/netns/linkem.py --a "$NS_VPS:em-vps" --b "$NS_NAT:em-nat" \
+    --params "$WORK/link.json" --ready "$WORK/linkem.ready" 2>>"$WORK/linkem.log" &
+  LINKEM_PID=$!
+  PIDS+=("$LINKEM_PID")
+  for _ in $(seq 100); do [ -e "$WORK/linkem.ready" ] && break; sleep 0.05; done
+  [ -e "$WORK/linkem.ready" ] || { echo "netns: link emulator did not start" >&2; return 1; }
+  in_ns "$NS_VPS" ip addr add "$VPS_UPLINK/24" dev em-vps
+  in_ns "$NS_VPS" ip link set em-vps up
+  in_ns "$NS_NAT" ip addr add "$NAT_UPLINK/24" dev em-nat
+  in_ns "$NS_NAT" ip link set em-nat up
+
+  # The NAT: home's packets leave with the router's address; nothing from outside gets in
+  # unless it answers a connection home opened.
+  in_ns "$NS_NAT" sysctl -qw net.ipv4.ip_forward=1
+  in_ns "$NS_NAT" iptables -t nat -A POSTROUTING -o em-nat -j MASQUERADE
+  in_ns "$NS_NAT" iptables -A FORWARD -i em-nat -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  in_ns "$NS_NAT" iptables -A FORWARD -i em-nat -j DROP
+  # The vps may even know the way to the home network: the NAT still lets nothing in.
+  in_ns "$NS_VPS" ip route add 10.99.3.0/24 via "$NAT_UPLINK"
+}
+
+# ns_link DELAY_MS LOSS RATE_MBIT: one-way delay, loss probability and rate of each direction
+# of the vps⇄nat link (0 = none).
+ns_link() {
+  printf '{"delay_ms": %s, "loss": %s, "rate_mbit": %s, "queue_kb": 4096}\n' "$1" "$2" "$3" >"$WORK/link.json"
+  kill -HUP "$LINKEM_PID"
+}
+
+# ns_block_udp / ns_unblock_udp: the home network's router drops UDP toward the relay.
+ns_block_udp() { in_ns "$NS_NAT" iptables -I FORWARD -i nat-home -p udp -j DROP; }
+ns_unblock_udp() { in_ns "$NS_NAT" iptables -D FORWARD -i nat-home -p udp -j DROP; }
+
+# ns_rebind_nat: the NAT forgets its mappings and gives home new source ports (as a CGNAT
+# does after a timeout or a router reboot), while packets are flowing.
+ns_rebind_nat() {
+  in_ns "$NS_NAT" iptables -t nat -R POSTROUTING 1 -o em-nat -p udp -j MASQUERADE --to-ports 40000-40999
+  in_ns "$NS_NAT" iptables -t nat -A POSTROUTING -o em-nat -j MASQUERADE
+  in_ns "$NS_NAT" conntrack -D -p udp >/dev/null 2>&1 || true
+}
