@@ -369,6 +369,29 @@ async fn five_failures_ban_the_address_everywhere_until_it_expires() {
 }
 
 #[tokio::test]
+async fn ban_forever_outlasts_any_time() {
+    let (relay, agents) = setup(|c| {
+        c.auth.ban_after_failures = 2;
+        c.auth.ban_forever = true;
+    })
+    .await;
+    for _ in 0..2 {
+        login_as(&relay, CAM, "alice", "wrong", "/").await;
+    }
+    relay.clock.advance(Duration::from_secs(365 * 24 * 3600));
+    assert_eq!(
+        login_as(&relay, CAM, "alice", "alice-password", "/")
+            .await
+            .status(),
+        StatusCode::FORBIDDEN,
+        "a permanent ban holds a year later"
+    );
+    let bans = relay::access::bans::BanFile::load(&relay.data_dir()).unwrap();
+    assert_eq!(bans.bans.len(), 1);
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
 async fn ban_cleared_by_hand_is_lifted_at_once() {
     let (relay, agents) = setup(|c| c.auth.ban_after_failures = 2).await;
     for _ in 0..2 {
@@ -669,6 +692,19 @@ async fn connections_per_address_are_capped() {
     stop(relay, agents).await;
 }
 
+/// A raw port closed to this address: the relay closes the connection at once (EOF or
+/// reset within a second, before the visitor sends anything), never leaves it hanging.
+async fn closed_at_once(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return true;
+    };
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
 /// Connect to a raw port and try one echo round trip; false if the relay closed it.
 async fn echo_works(port: u16) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
@@ -710,6 +746,7 @@ async fn raw_tcp_port_opens_only_after_a_web_login_on_the_same_agent() {
         !echo_works(rtsp).await,
         "raw port must be closed before login"
     );
+    assert!(closed_at_once(rtsp).await, "and closed at once, not held");
     let cookie = session_cookie(&relay, CAM, "alice", "alice-password").await;
     assert!(echo_works(rtsp).await, "login on cam opens cam's raw port");
     assert!(!echo_works(other).await, "but not another agent's");
@@ -723,6 +760,37 @@ async fn raw_tcp_port_opens_only_after_a_web_login_on_the_same_agent() {
     assert!(!echo_works(rtsp).await);
     cam.stop().await;
     door.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_tunnel_connections_per_tunnel_are_capped() {
+    let port = free_port();
+    let relay = TestRelay::start_configured(|c| c.limits.connections_per_tunnel = 2).await;
+    let echo = echo_server().await;
+    let mut a = AgentBuilder::new(&relay, &relay.token("cam", &[port]))
+        .tcp("echo", echo, port)
+        .start()
+        .await;
+    a.connected().await;
+    let open = |_| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        s
+    };
+    let (first, second) = (open(0).await, open(1).await);
+    assert!(closed_at_once(port).await, "a third connection is refused");
+    drop(first);
+    assert_eventually!(echo_works(port).await, 5, "a slot frees when one closes");
+    drop(second);
+    a.stop().await;
     relay.stop().await;
 }
 
@@ -783,6 +851,45 @@ fn periscope(args: &[&str], stdin: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+#[test]
+fn check_warns_about_every_public_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("relay.toml");
+    let base = format!(
+        "domain = \"relay.localhost\"\ndata_dir = \"{}\"\n",
+        dir.path().join("data").display()
+    );
+    std::fs::write(
+        &cfg,
+        format!("{base}[[access]]\nhost = \"cam.relay.localhost\"\nusers = [\"alice\"]\n"),
+    )
+    .unwrap();
+    let (ok, _, err) = periscope(&["check", "--config", cfg.to_str().unwrap()], "");
+    assert!(ok, "{err}");
+    assert!(
+        !err.contains("warning"),
+        "a private rule warns of nothing: {err}"
+    );
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}[[access]]\nhost = \"cam.relay.localhost\"\npublic = true\n\
+             [[port_access]]\nports = \"8554\"\nmode = \"open\"\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = periscope(&["check", "--config", cfg.to_str().unwrap()], "");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: [[access]] cam.relay.localhost is public"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: [[port_access]] 8554 is open"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
