@@ -179,6 +179,17 @@ impl prometheus_client::collector::Collector for UdpCollector {
                 .encode(m.encode_family(&labels)?)?;
         }
         let mut m = enc.encode_descriptor(
+            "udp_max_payload_bytes",
+            "Largest UDP payload the agent's path carries now (0 before the first packet)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (tunnel, s) in &rows {
+            let labels = [("tunnel", tunnel.as_str())];
+            ConstGauge::new(i64::try_from(s.max_payload).unwrap_or(i64::MAX))
+                .encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
             "udp_dropped",
             "UDP packets dropped, by agent/tunnel and reason",
             None,

@@ -220,6 +220,13 @@ async fn udp_tunnel_counters_are_in_the_metrics() {
     ] {
         assert!(text.contains(line), "no `{line}` in\n{text}");
     }
+    // The largest payload the agent's path carries now (QUIC: above 1100 bytes on loopback).
+    let max: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("periscope_udp_max_payload_bytes{tunnel=\"cam/webrtc\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no udp_max_payload_bytes in\n{text}"));
+    assert!((1100..65_536).contains(&max), "max payload {max}");
     agent.stop().await;
     relay.stop().await;
 }
