@@ -424,10 +424,9 @@ pub(crate) fn start_session(
 /// May `ip` connect to raw port `port` of `agent`'s tunnel?
 ///
 /// Protocol-independent on purpose: tcp tunnels ask it on every accepted connection (and
-/// close it at once when refused). UDP tunnels do not exist yet; when they do, the relay asks
-/// it when a datagram would open a new flow and drops the datagram silently on `false` (no
-/// reply, so no amplification), and re-asks on the flow's idle sweep so a logout or an expired
-/// session closes flows too.
+/// close it at once when refused); udp tunnels ask it when a datagram would open a new flow
+/// and drop the datagram silently on `false` (no reply, so no amplification), and re-ask on
+/// the flow's idle sweep so a logout or an expired session closes flows too.
 pub(crate) fn raw_allowed(shared: &Shared, ip: IpAddr, port: u16, agent: &str) -> bool {
     let cfg = &shared.config;
     let a = &shared.access;
