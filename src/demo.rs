@@ -20,6 +20,10 @@ use crate::camera::Camera;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 /// Name of the camera's http tunnel: it is served at `cam.DOMAIN`.
 pub const TUNNEL: &str = "cam";
+/// The demo's visitor account; its password is new at every start.
+pub const USER: &str = "demo";
+/// How long the demo's share link opens the camera without a login.
+const SHARE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long the agent may take to connect before the demo gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long stopping may take before tasks are abandoned.
@@ -69,6 +73,11 @@ pub struct Demo {
     pub camera_udp: SocketAddr,
     /// The UDP echo through the relay's udp tunnel.
     pub udp: SocketAddr,
+    /// The password of [`USER`] (the edge asks for a login, as a real relay does; HTTP Basic
+    /// works too, for curl).
+    pub password: String,
+    /// A share link that opens the camera without a login for a day.
+    pub share_url: String,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     camera: Camera,
@@ -119,7 +128,25 @@ async fn start_parts(
         .and_then(|s| s.local_addr())
         .map(|a| a.port())
         .context("finding a free UDP port")?;
-    config.access.push(AccessRule::public(&host));
+    // Private, like every hostname of a real relay: the demo user logs in on the edge's
+    // login page (or with HTTP Basic, for curl).
+    let password = relay::identity::random_hex(6)?;
+    relay::access::users::UsersFile {
+        users: vec![relay::access::users::User {
+            name: USER.into(),
+            hash: relay::access::users::hash_password(&password)?,
+            hosts: vec![],
+            disabled: false,
+        }],
+    }
+    .save(&config.users_file())
+    .context("writing the demo's users file")?;
+    config.access.push(AccessRule {
+        host: host.clone(),
+        users: vec![USER.into()],
+        basic: true,
+        ..AccessRule::default()
+    });
     // The echo is for any local client (no web login first, as a real relay would ask).
     config.port_access.push(relay::config::PortAccessRule {
         ports: relay::PortRange {
@@ -148,6 +175,10 @@ async fn start_parts(
     let cert_file = relay
         .dev_ca()
         .context("the demo relay has no development CA")?;
+    let (share, _) =
+        relay
+            .keys()
+            .issue_share(&host, "demo link", SHARE_TTL, std::time::SystemTime::now())?;
     let (agent_token, _) = relay.keys().issue(
         &IssueRequest {
             agent: "demo".into(),
@@ -244,6 +275,8 @@ async fn start_parts(
         ),
     };
     Ok(Demo {
+        share_url: format!("{url}/.periscope/share?t={share}"),
+        password,
         url,
         host,
         https,
@@ -270,9 +303,11 @@ impl Demo {
             String::new(),
             format!("open    {}/", self.url),
             "        (local development CA: accept the browser's warning)".to_string(),
+            format!("login   {USER} / {}", self.password),
             format!(
-                "check   curl -k --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
-                h = self.host
+                "check   curl -k -u {USER}:{pw} --resolve {h}:{port}:127.0.0.1 https://{h}:{port}/",
+                h = self.host,
+                pw = self.password
             ),
             format!(
                 "udp     echo at {} (try: nc -u {} {})",
@@ -281,8 +316,6 @@ impl Demo {
                 self.udp.port()
             ),
             format!("status  {}", self.admin_url),
-            format!("login   none: {} is public in the demo;", self.host),
-            "        a real relay asks for one (`periscope user add`)".to_string(),
             "stop    Ctrl-C".to_string(),
         ];
         let width = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0);
@@ -291,6 +324,11 @@ impl Demo {
             out.push_str(&format!("│ {l:<width$} │\n"));
         }
         out.push_str(&format!("└{}┘\n", "─".repeat(width + 2)));
+        out.push_str(&format!(
+            "share link (no login needed, valid {} h): {}\n",
+            SHARE_TTL.as_secs() / 3600,
+            self.share_url
+        ));
         out
     }
 

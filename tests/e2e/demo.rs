@@ -30,10 +30,21 @@ async fn start_demo() -> (Demo, CancellationToken) {
     (demo, shutdown)
 }
 
+/// HTTP Basic credentials of the demo user (the rule allows them, for curl).
+fn basic(demo: &Demo) -> String {
+    use base64::Engine;
+    let pair = format!("{}:{}", demo::USER, demo.password);
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
 fn get(demo: &Demo, path: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .uri(path)
         .header("host", &demo.host)
+        .header("authorization", basic(demo))
         .body(Full::new(Bytes::new()))
         .unwrap()
 }
@@ -73,10 +84,16 @@ async fn demo_serves_page_mjpeg_websocket_and_udp_echo() {
     assert!(banner.contains(&demo.url), "{banner}");
     assert!(
         banner.contains(&format!(
-            "curl -k --resolve cam.relay.localhost:{port}:127.0.0.1 https://cam.relay.localhost:{port}/"
+            "curl -k -u demo:{pw} --resolve cam.relay.localhost:{port}:127.0.0.1 https://cam.relay.localhost:{port}/",
+            pw = demo.password
         )),
         "{banner}"
     );
+    assert!(
+        banner.contains(&format!("login   demo / {}", demo.password)),
+        "{banner}"
+    );
+    assert!(banner.contains(&demo.share_url), "{banner}");
     assert!(banner.contains("Ctrl-C"), "{banner}");
     // The status link carries a working admin token.
     assert!(banner.contains(&demo.admin_url), "{banner}");
@@ -106,20 +123,56 @@ async fn demo_serves_page_mjpeg_websocket_and_udp_echo() {
         "{agents:?}"
     );
 
-    // The page, through the relay, over HTTP/2 as a browser would.
-    let resp = https_request_to(
-        demo.https,
-        std::slice::from_ref(&demo.cert_file),
-        &demo.host,
-        true,
-        {
-            Request::builder()
-                .uri(format!("https://{}/", demo.host))
-                .body(Full::new(Bytes::new()))
-                .unwrap()
-        },
+    // Private like a real relay: a browser without a session goes to the login page.
+    let edge = |h2: bool, req: Request<Full<Bytes>>| {
+        https_request_to(
+            demo.https,
+            std::slice::from_ref(&demo.cert_file),
+            &demo.host,
+            h2,
+            req,
+        )
+    };
+    let page = |auth: Option<String>| {
+        let mut b = Request::builder()
+            .uri(format!("https://{}/", demo.host))
+            .header("accept", "text/html");
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(Full::new(Bytes::new())).unwrap()
+    };
+    let resp = edge(true, page(None)).await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert!(resp.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/.periscope/login"));
+    // The share link opens it without a login (a session cookie for this hostname).
+    let share_path = demo.share_url.strip_prefix(&demo.url).unwrap().to_string();
+    let resp = edge(
+        false,
+        Request::builder()
+            .uri(share_path)
+            .header("host", &demo.host)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
     )
     .await;
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut req = page(None);
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    assert_eq!(edge(true, req).await.status(), StatusCode::OK);
+
+    // The page with the demo login, over HTTP/2 as a browser would.
+    let resp = edge(true, page(Some(basic(&demo)))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let page = resp.into_body().collect().await.unwrap().to_bytes();
     let page = String::from_utf8_lossy(&page);
@@ -166,10 +219,13 @@ async fn demo_serves_page_mjpeg_websocket_and_udp_echo() {
         b"http/1.1",
     )
     .await;
-    let (mut ws, resp) =
-        tokio_tungstenite::client_async(format!("wss://{}:{port}/ws", demo.host), tls)
-            .await
-            .unwrap();
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("wss://{}:{port}/ws", demo.host),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", basic(&demo).parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     let mut counters = Vec::new();
     while counters.len() < 2 {
