@@ -519,6 +519,37 @@ async fn allow_ips_skip_the_login_and_deny_ips_win_over_everything() {
 }
 
 #[tokio::test]
+async fn ipv6_rules_match_ipv6_visitors() {
+    let (relay, agents) = setup(|c| {
+        c.listen.https = "[::1]:0".parse().unwrap();
+        c.access.push(AccessRule {
+            host: CAM.into(),
+            allow_ips: vec!["::1/128".parse().unwrap()],
+            ..AccessRule::default()
+        });
+        c.access.push(AccessRule {
+            host: DOOR.into(),
+            public: true,
+            deny_ips: vec!["::/64".parse().unwrap()],
+            ..AccessRule::default()
+        });
+    })
+    .await;
+    assert!(relay.https.is_ipv6());
+    assert_eq!(
+        get(&relay, CAM, "/headers", &[]).await.status(),
+        StatusCode::OK,
+        "::1 is in ::1/128: no login"
+    );
+    assert_eq!(
+        get(&relay, DOOR, "/", &[]).await.status(),
+        StatusCode::FORBIDDEN,
+        "::1 is in ::/64: refused although public"
+    );
+    stop(relay, agents).await;
+}
+
+#[tokio::test]
 async fn relay_wide_deny_ips_refuse_the_connection() {
     let (relay, agents) = setup(|c| c.auth.deny_ips = vec!["127.0.0.1".parse().unwrap()]).await;
     let tcp = tokio::net::TcpStream::connect(relay.https).await.unwrap();
