@@ -64,6 +64,18 @@ pub(crate) async fn handle_incoming(
         }
     };
     let conn: Connection = Arc::new(QuicConnection(conn));
+    handle_connection(shared, conn, shutdown, handshake_permit).await
+}
+
+/// Run the agent session on an established connection (QUIC, or TLS+yamux from the https
+/// listener): Hello within the handshake timeout, authorization, then the session.
+pub(crate) async fn handle_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    shutdown: CancellationToken,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let limit = shared.config.limits.handshake_timeout;
     let hello = tokio::time::timeout(limit, async {
         let mut ctrl = conn.accept_bi().await.ok()?;
         match read_frame::<_, Control>(&mut ctrl.recv).await {
