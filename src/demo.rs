@@ -169,6 +169,8 @@ async fn start_parts(
         ca_file: None,
         server_name: None,
         transport: Default::default(),
+        relay_https: None,
+        quic_probe_interval: agent::config::default_quic_probe_interval(),
         connect_timeout: Duration::from_secs(5),
         quic: Default::default(),
         tunnels: vec![

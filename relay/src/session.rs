@@ -26,6 +26,10 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// How long a replaced session gets to release its ports before the new one binds them.
 const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// How long a replaced session's streams in flight may go on (on their old connection)
+/// before it is closed. An agent moving from the TCP fallback to QUIC replaces its own
+/// session; its open connections finish instead of being cut.
+const REPLACE_DRAIN: Duration = Duration::from_secs(30);
 
 /// A validated tunnel with its public port bound.
 pub(crate) struct Bound {
@@ -362,16 +366,17 @@ async fn run_session(
     claims: Claims,
     shutdown: CancellationToken,
 ) {
-    // Replace an older session of the same agent: close it and wait (bounded) until it has
-    // released its ports, so ours can bind them.
+    // Replace an older session of the same agent: it stops taking visitors at once, and we
+    // wait (bounded) until it has released its ports, so ours can bind them. Its streams in
+    // flight finish on the old connection, which then closes (REPLACE_DRAIN at most).
     if let Some(old) = shared.registry.take(&claims.sub) {
         tracing::info!(
             old_session = old.id,
             "replacing the previous session of this agent"
         );
-        old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
-        old.tasks.close();
-        if tokio::time::timeout(REPLACE_WAIT, old.tasks.wait())
+        old.replaced.cancel();
+        old.listeners.close();
+        if tokio::time::timeout(REPLACE_WAIT, old.listeners.wait())
             .await
             .is_err()
         {
@@ -426,6 +431,8 @@ async fn run_session(
     }
     shared.metrics.handshake("ok");
     let tasks = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    let replaced = CancellationToken::new();
     let cancel = CancellationToken::new();
     let public: Vec<String> = bound
         .iter()
@@ -454,11 +461,12 @@ async fn run_session(
         public,
         since: SystemTime::now(),
         conn: conn.clone(),
-        tasks: tasks.clone(),
+        listeners: listeners.clone(),
+        replaced: replaced.clone(),
     });
     for b in bound {
         let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
-        tasks.spawn(
+        listeners.spawn(
             tcp_tunnel::serve(
                 shared.clone(),
                 b,
@@ -474,14 +482,14 @@ async fn run_session(
     if !bound_udp.is_empty() {
         let flows = udp_tunnel::SessionFlows::default();
         let next_flow = Arc::new(AtomicU64::new(1));
-        tasks.spawn(udp_tunnel::dispatch(
+        listeners.spawn(udp_tunnel::dispatch(
             conn.clone(),
             flows.clone(),
             cancel.clone(),
         ));
         for b in bound_udp {
             let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.socket.local_addr().map(|a| a.port()).unwrap_or(0));
-            tasks.spawn(
+            listeners.spawn(
                 udp_tunnel::serve(
                     shared.clone(),
                     b,
@@ -507,12 +515,33 @@ async fn run_session(
                 })).await;
                 cancel.cancel();
                 tasks.close();
+                listeners.close();
                 let grace = shared.config.limits.shutdown_grace;
                 if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
                     tracing::info!("cutting connections still open after the {grace:?} grace period");
                 }
                 conn.close(codes::CLOSE_SHUTDOWN, "relay shutting down");
                 break "relay shutting down".to_string();
+            }
+            _ = replaced.cancelled() => {
+                // A newer session of this agent took over: no new visitors here; streams in
+                // flight finish, then the old connection goes.
+                cancel.cancel();
+                listeners.close();
+                tasks.close();
+                tokio::select! {
+                    _ = async {
+                        listeners.wait().await;
+                        tasks.wait().await;
+                    } => {}
+                    _ = conn.closed() => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(REPLACE_DRAIN) => {
+                        tracing::info!("cutting connections of the replaced session still open after {REPLACE_DRAIN:?}");
+                    }
+                }
+                conn.close(codes::CLOSE_REPLACED, "replaced by a newer session");
+                break "replaced by a newer session".to_string();
             }
             e = conn.closed() => break e.to_string(),
             msg = read_frame::<_, Control>(&mut ctrl.recv) => match msg {
@@ -541,8 +570,13 @@ async fn run_session(
     };
     cancel.cancel();
     tasks.close();
+    listeners.close();
     shared.registry.remove_if(&claims.sub, id);
     release_routes(&shared, id);
     tracing::info!(session = id, "agent disconnected: {ended}");
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        listeners.wait().await;
+        tasks.wait().await;
+    })
+    .await;
 }

@@ -253,6 +253,8 @@ struct Core {
     closing: CancellationToken,
     /// The datagram stream's reader has read everything (or there is none).
     dgram_done: CancellationToken,
+    /// [`Transport::close`] was called: the close frame is on its way (bounded by a timer).
+    close_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -294,8 +296,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.core.end(TransportError::LocallyClosed);
-        self.core.stop.cancel();
+        // After `close`, the close frame still goes out (its timer ends the tasks); without
+        // it, the connection ends at once, like a dropped QUIC connection.
+        if !self.core.close_requested.load(Ordering::Relaxed) {
+            self.core.end(TransportError::LocallyClosed);
+            self.core.stop.cancel();
+        }
     }
 }
 
@@ -377,6 +383,7 @@ impl TcpConnection {
             stop: CancellationToken::new(),
             closing: CancellationToken::new(),
             dgram_done: CancellationToken::new(),
+            close_requested: std::sync::atomic::AtomicBool::new(false),
         });
         let io = Liveness {
             io,
@@ -547,49 +554,58 @@ where
                 }
             }
         }
-        // Inbound first: it drives the socket and retires dropped streams.
+        // Until nothing moves: a stream opened below must be polled by the connection (its
+        // frames are picked up in poll_next_inbound), or its first write would wait for the
+        // next wake-up.
         loop {
-            match self.conn.poll_next_inbound(cx) {
-                Poll::Ready(Some(Ok(s))) => {
-                    if !self.client && s.id().val() == DATAGRAM_STREAM_ID {
-                        if let Some(tx) = self.dgram_stream.take() {
-                            let _ = tx.send(s);
-                            continue;
+            // Inbound first: it drives the socket and retires dropped streams.
+            loop {
+                match self.conn.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(s))) => {
+                        if !self.client && s.id().val() == DATAGRAM_STREAM_ID {
+                            if let Some(tx) = self.dgram_stream.take() {
+                                let _ = tx.send(s);
+                                continue;
+                            }
+                        }
+                        if let Some(tx) = &self.inbound {
+                            // Full (the peer opened more than our limit): dropping it resets it.
+                            let _ = tx.try_send(s);
                         }
                     }
-                    if let Some(tx) = &self.inbound {
-                        // Full (the peer opened more than our limit): dropping it resets it.
-                        let _ = tx.try_send(s);
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(map_yamux(e))),
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Some(map_yamux(yamux::ConnectionError::Closed)))
                     }
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(map_yamux(e))),
-                Poll::Ready(None) => {
-                    return Poll::Ready(Some(map_yamux(yamux::ConnectionError::Closed)))
-                }
-                Poll::Pending => break,
             }
-        }
-        if self.client && self.dgram_stream.is_some() {
-            // Outbound opens wait until the datagram stream has taken id 1.
-            return Poll::Pending;
-        }
-        while let Poll::Ready(Some(req)) = self.open_rx.poll_recv(cx) {
-            self.pending.push_back(req);
-        }
-        while !self.pending.is_empty() {
-            match self.conn.poll_new_outbound(cx) {
-                Poll::Ready(Ok(s)) => {
-                    if let Some(p) = self.pending.pop_front() {
-                        if let Err(Ok(s)) = p.send(Ok(s)) {
-                            drop(s);
+            if self.client && self.dgram_stream.is_some() {
+                // Outbound opens wait until the datagram stream has taken id 1.
+                return Poll::Pending;
+            }
+            let mut opened = false;
+            while let Poll::Ready(Some(req)) = self.open_rx.poll_recv(cx) {
+                self.pending.push_back(req);
+            }
+            while !self.pending.is_empty() {
+                match self.conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(s)) => {
+                        opened = true;
+                        if let Some(p) = self.pending.pop_front() {
+                            if let Err(Ok(s)) = p.send(Ok(s)) {
+                                drop(s);
+                            }
                         }
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(map_yamux(e))),
+                    Poll::Pending => break,
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(map_yamux(e))),
-                Poll::Pending => break,
+            }
+            if !opened {
+                return Poll::Pending;
             }
         }
-        Poll::Pending
     }
 }
 
@@ -804,17 +820,21 @@ impl Transport for TcpConnection {
 
     fn close(&self, code: u32, reason: &str) {
         let core = &self.0.core;
-        if core.error().is_some() {
-            core.closing.cancel();
+        if core.close_requested.swap(true, Ordering::Relaxed) {
             return;
         }
-        core.end(TransportError::LocallyClosed);
-        let frame = DgramFrame::Close {
-            code,
-            reason: reason.to_string(),
-        };
-        if self.0.ctrl_out.try_send(frame).is_err() {
+        if core.error().is_some() {
+            // Already over (peer closed, timed out): just finish yamux.
             core.closing.cancel();
+        } else {
+            core.end(TransportError::LocallyClosed);
+            let frame = DgramFrame::Close {
+                code,
+                reason: reason.to_string(),
+            };
+            if self.0.ctrl_out.try_send(frame).is_err() {
+                core.closing.cancel();
+            }
         }
         // Never wait long for the close frame: a stalled peer must not keep us open.
         let core = core.clone();
