@@ -207,7 +207,7 @@ async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken, drain: &TaskT
                 dialled.wait_idle().await;
                 return ended;
             }
-            Served::Moved { next, tasks } => {
+            Served::Moved { next, tasks, ctrl } => {
                 let old = std::mem::replace(&mut dialled, next);
                 // The relay replaces the old session when the new one registers; anything
                 // still open on it gets a short while, then the old connection is closed.
@@ -220,6 +220,7 @@ async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken, drain: &TaskT
                             let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
                         }
                     }
+                    drop(ctrl);
                     old.conn.close(codes::CLOSE_NORMAL, "moved to QUIC");
                     old.wait_idle().await;
                 });
@@ -378,7 +379,11 @@ enum Served {
     Ended(Ended),
     /// A QUIC probe got through while on the TCP fallback: serve `next`; `tasks` are the old
     /// session's streams, still running.
-    Moved { next: Dialled, tasks: TaskTracker },
+    Moved {
+        next: Dialled,
+        tasks: TaskTracker,
+        ctrl: BiStream,
+    },
 }
 
 async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Served {
@@ -461,7 +466,7 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         .await;
     agent.current.set(None);
     let ended = match ended {
-        StreamsEnd::Moved(next) => return Served::Moved { next, tasks },
+        StreamsEnd::Moved(next, ctrl) => return Served::Moved { next, tasks, ctrl },
         StreamsEnd::Shutdown => None,
         StreamsEnd::Lost(e) => Some(e),
     };
@@ -492,8 +497,10 @@ enum StreamsEnd {
     Shutdown,
     /// The connection ended.
     Lost(TransportError),
-    /// QUIC works again (auto mode on the TCP fallback): move to this connection.
-    Moved(Dialled),
+    /// QUIC works again (auto mode on the TCP fallback): move to this connection. The old
+    /// control stream stays open until the old session's streams are done (its end would
+    /// end the old session on the relay at once).
+    Moved(Dialled, BiStream),
 }
 
 /// While on the TCP fallback: try QUIC every `quic_probe_interval` until it connects.
@@ -525,59 +532,63 @@ async fn serve_streams(
     tasks: &TaskTracker,
     probe: bool,
 ) -> StreamsEnd {
-    // The control reader lives across loop iterations: read_frame is not cancel-safe.
-    let control = async {
-        loop {
-            match read_frame::<_, Control>(&mut ctrl.recv).await {
-                Ok(Some(Control::GoAway(g))) => {
-                    tracing::info!(
+    // A block, so the control reader's borrow of `ctrl` ends with it.
+    let next = {
+        // The control reader lives across loop iterations: read_frame is not cancel-safe.
+        let control = async {
+            loop {
+                match read_frame::<_, Control>(&mut ctrl.recv).await {
+                    Ok(Some(Control::GoAway(g))) => {
+                        tracing::info!(
                         "relay is going away ({}); finishing open connections, then reconnecting",
                         g.reason
                     );
-                }
-                Ok(Some(Control::Ping(v))) => {
-                    let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
-                }
-                Ok(Some(Control::Pong(_))) => {}
-                Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
-                // The connection itself ended: accept_bi reports why.
-                Ok(None) | Err(FrameError::Io(_)) => break,
-                Err(e) => {
-                    tracing::warn!("bad control frame from relay: {e}");
-                    conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
-                    break;
+                    }
+                    Ok(Some(Control::Ping(v))) => {
+                        let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
+                    }
+                    Ok(Some(Control::Pong(_))) => {}
+                    Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
+                    // The connection itself ended: accept_bi reports why.
+                    Ok(None) | Err(FrameError::Io(_)) => break,
+                    Err(e) => {
+                        tracing::warn!("bad control frame from relay: {e}");
+                        conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
+                        break;
+                    }
                 }
             }
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(control);
+        let flows = Arc::new(udp::Flows::default());
+        let mut datagrams = true;
+        let probing = probe_quic(agent);
+        tokio::pin!(probing);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return StreamsEnd::Shutdown,
+                _ = &mut control => {}
+                next = &mut probing, if probe => break next,
+                s = conn.accept_bi() => match s {
+                    Ok(stream) => {
+                        let span = tracing::debug_span!("stream", stream.id = stream.send.id());
+                        tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
+                    }
+                    Err(e) => return StreamsEnd::Lost(e),
+                },
+                // Cancel-safe (Transport::recv_datagram); a closed connection shows in accept_bi.
+                d = conn.recv_datagram(), if datagrams => match d {
+                    Ok(d) => flows.deliver(d),
+                    Err(e) => {
+                        tracing::debug!("no more datagrams on this connection: {e}");
+                        datagrams = false;
+                    }
+                },
+            }
         }
-        std::future::pending::<()>().await
     };
-    tokio::pin!(control);
-    let flows = Arc::new(udp::Flows::default());
-    let mut datagrams = true;
-    let probing = probe_quic(agent);
-    tokio::pin!(probing);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return StreamsEnd::Shutdown,
-            _ = &mut control => {}
-            next = &mut probing, if probe => return StreamsEnd::Moved(next),
-            s = conn.accept_bi() => match s {
-                Ok(stream) => {
-                    let span = tracing::debug_span!("stream", stream.id = stream.send.id());
-                    tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
-                }
-                Err(e) => return StreamsEnd::Lost(e),
-            },
-            // Cancel-safe (Transport::recv_datagram); a closed connection shows in accept_bi.
-            d = conn.recv_datagram(), if datagrams => match d {
-                Ok(d) => flows.deliver(d),
-                Err(e) => {
-                    tracing::debug!("no more datagrams on this connection: {e}");
-                    datagrams = false;
-                }
-            },
-        }
-    }
+    StreamsEnd::Moved(next, ctrl)
 }
 
 /// One relay-opened stream: read its header, check the tunnel against our own config,

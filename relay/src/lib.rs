@@ -1,6 +1,7 @@
 //! # Periscope relay
 //!
-//! The public edge. Agents dial in over QUIC ([`quic`] accept loop), authenticate with a JWT
+//! The public edge. Agents dial in over QUIC, or over TLS+yamux on the https port (ALPN
+//! `periscope/1`, the TCP fallback), authenticate with a JWT
 //! ([`token`]) on their control stream, and register tunnels ([`session`]). For each TCP
 //! tunnel the relay listens on the public port ([`tcp_tunnel`]) and carries every visitor
 //! connection to the agent on its own stream. The HTTPS edge (`http`) routes visitor

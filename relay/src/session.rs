@@ -13,7 +13,9 @@ use std::{
 use proto::{
     codes,
     control::CONTROL_VERSION,
-    transport::{quic::QuicConnection, read_frame, write_frame, BiStream, Connection},
+    transport::{
+        quic::QuicConnection, read_frame, write_frame, BiStream, Connection, TransportKind,
+    },
     Assigned, Control, GoAway, Hello, Reject, RejectReason, TunnelKind, Welcome,
 };
 use tokio::net::{TcpListener, UdpSocket};
@@ -366,14 +368,25 @@ async fn run_session(
     claims: Claims,
     shutdown: CancellationToken,
 ) {
-    // Replace an older session of the same agent: it stops taking visitors at once, and we
-    // wait (bounded) until it has released its ports, so ours can bind them. Its streams in
-    // flight finish on the old connection, which then closes (REPLACE_DRAIN at most).
+    // Replace an older session of the same agent and wait (bounded) until it has released
+    // its ports, so ours can bind them. An agent moving from the TCP fallback to QUIC: the old
+    // session stops taking visitors at once, but its streams in flight finish on the old
+    // connection, which then closes (REPLACE_DRAIN at most). Otherwise (a reconnect, or a
+    // second agent with the same token) the old connection is closed at once.
     if let Some(old) = shared.registry.take(&claims.sub) {
+        let moving = old.transport() == TransportKind::Tcp && conn.kind() == TransportKind::Quic;
         tracing::info!(
             old_session = old.id,
-            "replacing the previous session of this agent"
+            "replacing the previous session of this agent{}",
+            if moving {
+                " (moving from TCP to QUIC; its open connections finish)"
+            } else {
+                ""
+            }
         );
+        if !moving {
+            old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
+        }
         old.replaced.cancel();
         old.listeners.close();
         if tokio::time::timeout(REPLACE_WAIT, old.listeners.wait())

@@ -358,7 +358,13 @@ impl AgentBuilder {
                 fingerprint: Some(relay.fingerprint.clone()),
                 ca_file: None,
                 server_name: None,
-                transport: Default::default(),
+                // `PERISCOPE_TEST_TRANSPORT=tcp cargo test --test e2e` runs every test over
+                // the TCP fallback (or `quic`); tests about one transport set it themselves.
+                transport: match std::env::var("PERISCOPE_TEST_TRANSPORT").as_deref() {
+                    Ok("tcp") => agent::config::TransportChoice::Tcp,
+                    Ok("quic") => agent::config::TransportChoice::Quic,
+                    _ => agent::config::TransportChoice::Auto,
+                },
                 // The test relay's https port differs from its QUIC port.
                 relay_https: Some(relay.https.to_string()),
                 quic_probe_interval: agent::config::default_quic_probe_interval(),

@@ -367,6 +367,11 @@ async fn auto_moves_back_to_quic_when_it_works_again() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(session_of(&agent.status.borrow()), tcp_session);
     assert_eq!(roundtrip(port, b"still tcp").await, b"still tcp");
+    // A connection open on TCP when the agent moves: it goes on over TCP.
+    let mut held = visit(port).await;
+    held.write_all(b"a").await.unwrap();
+    let mut one = [0u8; 1];
+    held.read_exact(&mut one).await.unwrap();
     on.store(true, Ordering::Relaxed);
     let s = agent
         .wait_for("moved to QUIC", |s| {
@@ -375,6 +380,16 @@ async fn auto_moves_back_to_quic_when_it_works_again() {
         .await;
     assert_ne!(session_of(&s), tcp_session);
     assert_eq!(roundtrip(port, b"now quic").await, b"now quic");
+    held.write_all(b"b").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held.read_exact(&mut one))
+        .await
+        .expect("the old connection still answers")
+        .expect("not cut by the move");
+    assert_eq!(&one, b"b");
+    held.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
     // It stays there.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(
