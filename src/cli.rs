@@ -106,6 +106,13 @@ pub struct AgentArgs {
     /// Name to verify in the relay's certificate.
     #[arg(long)]
     pub server_name: Option<String>,
+    /// Transport to the relay: auto (QUIC, falling back to TLS over TCP when UDP is blocked),
+    /// quic or tcp.
+    #[arg(long, env = "PERISCOPE_TRANSPORT", value_parser = ["auto", "quic", "tcp"])]
+    pub transport: Option<String>,
+    /// The relay's https listener HOST:PORT for the TCP fallback (default: the relay address).
+    #[arg(long, env = "PERISCOPE_RELAY_HTTPS")]
+    pub relay_https: Option<String>,
     /// QUIC keep-alive interval (e.g. 2s): how fast a silently restarted relay is noticed.
     #[arg(long, env = "PERISCOPE_KEEP_ALIVE", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<std::time::Duration>,

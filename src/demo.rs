@@ -200,6 +200,9 @@ async fn start_parts(
         ca_file: None,
         server_name: None,
         transport: Default::default(),
+        // The demo relay's https port is not its QUIC port.
+        relay_https: Some(https.to_string()),
+        quic_probe_interval: agent::config::default_quic_probe_interval(),
         connect_timeout: Duration::from_secs(5),
         quic: Default::default(),
         tunnels: vec![

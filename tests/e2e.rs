@@ -13,6 +13,7 @@ mod e2e {
     mod demo;
     mod deploy;
     mod edge_tls;
+    mod fallback;
     mod http;
     mod reconnect;
     mod shutdown;

@@ -28,9 +28,17 @@ pub struct AgentConfig {
     /// Name to verify the relay's certificate against (default: the host part of `relay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// `auto` or `quic` (`tcp`, the TLS fallback, is not available yet).
+    /// `auto` (QUIC, falling back to TLS over TCP when UDP is blocked), `quic` or `tcp`.
     #[serde(default)]
     pub transport: TransportChoice,
+    /// The relay's https listener, `host:port`, for the TCP fallback (default: `relay`; in
+    /// production both are port 443 of the same host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_https: Option<String>,
+    /// With `transport = "auto"`: while on the TCP fallback, try QUIC again this often and
+    /// move to it when it works (default 5m).
+    #[serde(default = "default_quic_probe_interval", with = "humantime_serde")]
+    pub quic_probe_interval: Duration,
     /// How long to wait for the relay handshake and for a target to accept a connection.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -46,11 +54,17 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// Default of `quic_probe_interval`.
+pub fn default_quic_probe_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// Transport to the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportChoice {
-    /// Best available (today: QUIC).
+    /// QUIC first, TLS over TCP after a short head start; keeps the winner and goes back to
+    /// QUIC when it works again.
     #[default]
     Auto,
     /// QUIC only.
@@ -103,6 +117,15 @@ impl Default for QuicConfig {
 }
 
 impl QuicConfig {
+    /// TLS+yamux settings for the TCP fallback: the same keep-alive and idle timeout.
+    pub(crate) fn tcp_settings(&self) -> proto::transport::tcp::TcpSettings {
+        proto::transport::tcp::TcpSettings {
+            keep_alive: self.keep_alive,
+            idle_timeout: self.idle_timeout,
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn settings(&self) -> proto::transport::quic::QuicSettings {
         proto::transport::quic::QuicSettings {
             keep_alive: self.keep_alive,
@@ -279,11 +302,16 @@ impl AgentConfig {
                 );
             }
         }
-        if self.transport == TransportChoice::Tcp {
-            return bad(
-                "transport".into(),
-                "the TLS-over-TCP fallback is not available in this version; use auto or quic",
-            );
+        if let Some(h) = &self.relay_https {
+            if split_host_port(h).is_none() {
+                return bad(
+                    "relay_https".into(),
+                    "expected HOST:PORT, e.g. relay.example.com:443",
+                );
+            }
+        }
+        if self.quic_probe_interval < Duration::from_millis(100) {
+            return bad("quic_probe_interval".into(), "must be at least 100ms");
         }
         if self.quic.keep_alive >= self.quic.idle_timeout {
             return bad(
@@ -475,6 +503,29 @@ mod tests {
         );
         t.kind = Kind::Tcp;
         assert_eq!(t.http_options(), None);
+    }
+
+    #[test]
+    fn transport_choices() {
+        let base = "relay = \"r.example.com:443\"\ntoken = \"t\"\n";
+        let tunnel = "[[tunnel]]\nname = \"cam\"\ntype = \"http\"\ntarget = \"192.168.1.50:80\"\n";
+        for t in ["auto", "quic", "tcp"] {
+            let c =
+                AgentConfig::from_toml(&format!("{base}transport = \"{t}\"\n{tunnel}")).unwrap();
+            c.validate().unwrap();
+        }
+        let c = AgentConfig::from_toml(&format!("{base}{tunnel}")).unwrap();
+        assert_eq!(c.transport, TransportChoice::Auto);
+        assert_eq!(c.quic_probe_interval, Duration::from_secs(300));
+        assert_eq!(c.relay_https, None);
+        let c = AgentConfig::from_toml(&format!("{base}relay_https = \"r.example.com\"\n{tunnel}"))
+            .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("relay_https"));
+        assert!(AgentConfig::from_toml(&format!("{base}transport = \"udp\"\n{tunnel}")).is_err());
     }
 
     #[test]

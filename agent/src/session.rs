@@ -13,7 +13,9 @@ use proto::{
     transport::{
         copy_bidirectional_idle,
         quic::{self, QuicConnection},
-        read_frame, splice, write_frame, BiStream, Connection, FrameError, TransportError,
+        read_frame, splice,
+        tcp::TcpConnection,
+        write_frame, BiStream, Connection, FrameError, TransportError, TransportKind,
     },
     Control, Hello, RejectReason, StreamError, StreamErrorKind, StreamKind, StreamOpen,
     StreamReply, TunnelKind,
@@ -22,7 +24,11 @@ use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{backoff::Backoff, config::split_host_port, udp, Agent, Status, Tunnel};
+use crate::{
+    backoff::Backoff,
+    config::{split_host_port, TransportChoice},
+    udp, Agent, Status, Tunnel,
+};
 
 /// A session that lasted this long was healthy: the next reconnect starts fresh.
 const HEALTHY: Duration = Duration::from_secs(5);
@@ -54,11 +60,15 @@ pub(crate) async fn run(
     let agent = Arc::new(agent);
     let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_secs(30));
     let mut last_cause = String::new();
+    // Sessions left behind when moving from the TCP fallback to QUIC, finishing their streams.
+    let drain = TaskTracker::new();
     loop {
         // `attempt` watches `shutdown` itself, so a running session closes cleanly.
-        let ended = attempt(&agent, &shutdown).await;
+        let ended = attempt(&agent, &shutdown, &drain).await;
         let (delay, cause) = match ended {
             Ended::Shutdown => {
+                drain.close();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, drain.wait()).await;
                 tracing::info!("agent stopped");
                 return Ok(());
             }
@@ -150,24 +160,175 @@ async fn resolve_relay(relay: &str) -> Result<(SocketAddr, String), String> {
     Ok((addr, host))
 }
 
-/// Dial, register, serve until the session ends.
-async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken) -> Ended {
+/// A dialled connection, and what must outlive it for a clean close.
+struct Dialled {
+    conn: Connection,
+    /// The QUIC endpoint (its socket), for QUIC connections.
+    endpoint: Option<quinn::Endpoint>,
+    /// The TLS+yamux connection, for TCP fallback connections.
+    tcp: Option<TcpConnection>,
+}
+
+impl Dialled {
+    /// Let close frames go out before the socket is dropped.
+    async fn wait_idle(&self) {
+        let limit = Duration::from_millis(200);
+        if let Some(e) = &self.endpoint {
+            let _ = tokio::time::timeout(limit, e.wait_idle()).await;
+        }
+        if let Some(t) = &self.tcp {
+            let _ = tokio::time::timeout(limit, t.wait_idle()).await;
+        }
+    }
+}
+
+/// After moving from the TCP fallback to QUIC, how long connections still open on the old
+/// session may go on before it is closed (the relay allows the same).
+const MOVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// How long QUIC has to connect before auto mode starts the TCP fallback beside it.
+const TCP_HEAD_START: Duration = Duration::from_millis(300);
+
+/// Dial, register, serve until the session ends. In auto mode a session on the TCP fallback
+/// moves to QUIC when a background probe gets through; the old session's streams finish in
+/// `drain` (the relay replaces it by agent name).
+async fn attempt(agent: &Arc<Agent>, shutdown: &CancellationToken, drain: &TaskTracker) -> Ended {
     let dialled = tokio::select! {
         _ = shutdown.cancelled() => return Ended::Shutdown,
         d = dial(agent) => d,
     };
-    let (endpoint, conn) = match dialled {
+    let mut dialled = match dialled {
         Ok(d) => d,
         Err(e) => return Ended::Failed(e),
     };
-    let ended = serve(agent, conn, shutdown).await;
-    // Let close frames go out before the socket is dropped.
-    let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
-    ended
+    loop {
+        match serve(agent, dialled.conn.clone(), shutdown).await {
+            Served::Ended(ended) => {
+                dialled.wait_idle().await;
+                return ended;
+            }
+            Served::Moved { next, tasks, ctrl } => {
+                let old = std::mem::replace(&mut dialled, next);
+                // The relay replaces the old session when the new one registers; anything
+                // still open on it gets a short while, then the old connection is closed.
+                let stop = shutdown.clone();
+                drain.spawn(async move {
+                    tasks.close();
+                    tokio::select! {
+                        _ = tokio::time::timeout(MOVE_DRAIN, tasks.wait()) => {}
+                        _ = stop.cancelled() => {
+                            let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
+                        }
+                    }
+                    drop(ctrl);
+                    old.conn.close(codes::CLOSE_NORMAL, "moved to QUIC");
+                    old.wait_idle().await;
+                });
+            }
+        }
+    }
+}
+
+/// Dial the relay with the configured transport.
+async fn dial(agent: &Agent) -> Result<Dialled, String> {
+    match agent.config.transport {
+        TransportChoice::Quic => dial_quic(agent).await,
+        TransportChoice::Tcp => dial_tcp(agent).await,
+        TransportChoice::Auto => dial_auto(agent).await,
+    }
+}
+
+/// Happy eyeballs: QUIC first; TCP too once QUIC has had [`TCP_HEAD_START`]; the first to
+/// connect wins and the other attempt is dropped. Says in plain words why TCP was used.
+async fn dial_auto(agent: &Agent) -> Result<Dialled, String> {
+    let cfg = &agent.config;
+    let quic = dial_quic(agent);
+    tokio::pin!(quic);
+    let mut quic_err = None;
+    tokio::select! {
+        r = &mut quic => match r {
+            Ok(d) => return Ok(d),
+            Err(e) => quic_err = Some(e),
+        },
+        _ = tokio::time::sleep(TCP_HEAD_START) => {}
+    }
+    let tcp = dial_tcp(agent);
+    tokio::pin!(tcp);
+    let mut tcp_err = None;
+    loop {
+        tokio::select! {
+            r = &mut quic, if quic_err.is_none() => match r {
+                Ok(d) => return Ok(d),
+                Err(e) => quic_err = Some(e),
+            },
+            r = &mut tcp, if tcp_err.is_none() => match r {
+                Ok(d) => {
+                    let why = match &quic_err {
+                        Some(e) => format!("QUIC failed ({e})"),
+                        None => format!("QUIC did not connect within {TCP_HEAD_START:?}"),
+                    };
+                    tracing::info!(
+                        "{why}; UDP may be blocked on this network: using the TCP fallback to {}, \
+                         trying QUIC again every {}",
+                        cfg.relay_https.as_deref().unwrap_or(&cfg.relay),
+                        humantime::format_duration(cfg.quic_probe_interval)
+                    );
+                    return Ok(d);
+                }
+                Err(e) => tcp_err = Some(e),
+            },
+        }
+        if let (Some(q), Some(t)) = (&quic_err, &tcp_err) {
+            return Err(format!("{q}; TCP fallback: {t}"));
+        }
+    }
+}
+
+/// Resolve the relay's https address and finish TCP, TLS (ALPN `periscope/1`, the relay
+/// verified exactly as on QUIC) and yamux setup, within `connect_timeout`.
+async fn dial_tcp(agent: &Agent) -> Result<Dialled, String> {
+    let cfg = &agent.config;
+    let limit = cfg.connect_timeout;
+    let target = cfg.relay_https.as_deref().unwrap_or(&cfg.relay);
+    let (addr, host) = tokio::time::timeout(limit, resolve_relay(target))
+        .await
+        .map_err(|_| format!("resolving {target} took longer than {limit:?}"))??;
+    let server_name = cfg.server_name.clone().unwrap_or(host);
+    let name = rustls::pki_types::ServerName::try_from(server_name)
+        .map_err(|e| format!("relay name: {e}"))?;
+    let mut tls = agent.tls.clone();
+    tls.alpn_protocols = vec![proto::ALPN.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let connected = tokio::time::timeout(limit, async {
+        let sock = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("TCP connect to {addr}: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        connector.connect(name, sock).await.map_err(|e| {
+            let pinned = agent.pinned.as_ref();
+            pinned
+                .and_then(|p| p.mismatch.lock().unwrap_or_else(|e| e.into_inner()).take())
+                .unwrap_or_else(|| format!("TLS handshake with {addr} failed: {e}"))
+        })
+    })
+    .await
+    .map_err(|_| format!("no TLS answer from {addr} within {limit:?}"))??;
+    if connected.get_ref().1.alpn_protocol() != Some(proto::ALPN) {
+        return Err(format!(
+            "{addr} answered TLS but not as a Periscope relay (no ALPN periscope/1): \
+             an older relay, or relay_https points at another server"
+        ));
+    }
+    let conn = TcpConnection::client(connected, addr, &cfg.quic.tcp_settings());
+    Ok(Dialled {
+        conn: Arc::new(conn.clone()),
+        endpoint: None,
+        tcp: Some(conn),
+    })
 }
 
 /// Resolve the relay and finish the QUIC handshake, all within `connect_timeout`.
-async fn dial(agent: &Agent) -> Result<(quinn::Endpoint, Connection), String> {
+async fn dial_quic(agent: &Agent) -> Result<Dialled, String> {
     let cfg = &agent.config;
     let limit = cfg.connect_timeout;
     let (addr, host) = tokio::time::timeout(limit, resolve_relay(&cfg.relay))
@@ -195,7 +356,11 @@ async fn dial(agent: &Agent) -> Result<(quinn::Endpoint, Connection), String> {
         .connect_with(client, addr, &server_name)
         .map_err(|e| format!("cannot dial {addr}: {e}"))?;
     match tokio::time::timeout(limit, connecting).await {
-        Ok(Ok(c)) => Ok((endpoint, Arc::new(QuicConnection(c)))),
+        Ok(Ok(c)) => Ok(Dialled {
+            conn: Arc::new(QuicConnection(c)),
+            endpoint: Some(endpoint),
+            tcp: None,
+        }),
         Ok(Err(e)) => {
             let pinned = agent.pinned.as_ref();
             Err(pinned
@@ -208,7 +373,20 @@ async fn dial(agent: &Agent) -> Result<(quinn::Endpoint, Connection), String> {
     }
 }
 
-async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Ended {
+/// How serving one connection ended.
+enum Served {
+    /// The session is over.
+    Ended(Ended),
+    /// A QUIC probe got through while on the TCP fallback: serve `next`; `tasks` are the old
+    /// session's streams, still running.
+    Moved {
+        next: Dialled,
+        tasks: TaskTracker,
+        ctrl: BiStream,
+    },
+}
+
+async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Served {
     let cfg = &agent.config;
     let hello = Hello {
         version: CONTROL_VERSION,
@@ -227,23 +405,33 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
     let registered = tokio::select! {
         _ = shutdown.cancelled() => {
             conn.close(codes::CLOSE_NORMAL, "agent stopping");
-            return Ended::Shutdown;
+            return Served::Ended(Ended::Shutdown);
         }
         r = register => r,
     };
     let (ctrl, welcome) = match registered {
-        Err(_) => return Ended::Failed("relay did not answer the Hello in time".into()),
-        Ok(Err(e)) => return Ended::Failed(format!("registering with the relay: {e}")),
+        Err(_) => {
+            return Served::Ended(Ended::Failed(
+                "relay did not answer the Hello in time".into(),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Served::Ended(Ended::Failed(format!("registering with the relay: {e}")))
+        }
         Ok(Ok((_, Ok(Some(Control::Reject(r)))))) => {
             conn.close(codes::CLOSE_NORMAL, "rejected");
-            return Ended::Rejected(r.reason, r.detail);
+            return Served::Ended(Ended::Rejected(r.reason, r.detail));
         }
         Ok(Ok((ctrl, Ok(Some(Control::Welcome(w)))))) => (ctrl, w),
         Ok(Ok((_, Ok(other)))) => {
             conn.close(codes::CLOSE_PROTOCOL, "expected Welcome");
-            return Ended::Failed(format!("relay answered the Hello with {other:?}"));
+            return Served::Ended(Ended::Failed(format!(
+                "relay answered the Hello with {other:?}"
+            )));
         }
-        Ok(Ok((_, Err(e)))) => return Ended::Failed(format!("registering with the relay: {e}")),
+        Ok(Ok((_, Err(e)))) => {
+            return Served::Ended(Ended::Failed(format!("registering with the relay: {e}")))
+        }
     };
     let public: Vec<(String, String)> = welcome
         .tunnels
@@ -271,10 +459,17 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
     });
     let started = Instant::now();
     let tasks = TaskTracker::new();
-    let ended = serve_streams(agent, &conn, ctrl, shutdown, &tasks)
+    let probe =
+        agent.config.transport == TransportChoice::Auto && conn.kind() == TransportKind::Tcp;
+    let ended = serve_streams(agent, &conn, ctrl, shutdown, &tasks, probe)
         .instrument(span)
         .await;
     agent.current.set(None);
+    let ended = match ended {
+        StreamsEnd::Moved(next, ctrl) => return Served::Moved { next, tasks, ctrl },
+        StreamsEnd::Shutdown => None,
+        StreamsEnd::Lost(e) => Some(e),
+    };
     tasks.close();
     let st = conn.stats();
     tracing::debug!(rtt = ?st.rtt, mtu = st.mtu, sent = st.sent_packets, lost = st.lost_packets,
@@ -283,77 +478,117 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         None => {
             conn.close(codes::CLOSE_NORMAL, "agent stopping");
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await;
-            Ended::Shutdown
+            Served::Ended(Ended::Shutdown)
         }
         Some(err) => {
             let replaced = matches!(&err, TransportError::ClosedByPeer { code, .. } if *code == u64::from(codes::CLOSE_REPLACED));
-            Ended::Lost {
+            Served::Ended(Ended::Lost {
                 cause: err.to_string(),
                 healthy: started.elapsed() >= HEALTHY,
                 replaced,
-            }
+            })
         }
     }
 }
 
-/// Accept data streams until the connection ends (`Some(why)`) or we shut down (`None`).
+/// How [`serve_streams`] ended.
+enum StreamsEnd {
+    /// We are shutting down.
+    Shutdown,
+    /// The connection ended.
+    Lost(TransportError),
+    /// QUIC works again (auto mode on the TCP fallback): move to this connection. The old
+    /// control stream stays open until the old session's streams are done (its end would
+    /// end the old session on the relay at once).
+    Moved(Dialled, BiStream),
+}
+
+/// While on the TCP fallback: try QUIC every `quic_probe_interval` until it connects.
+async fn probe_quic(agent: &Agent) -> Dialled {
+    let every = agent.config.quic_probe_interval;
+    loop {
+        tokio::time::sleep(every).await;
+        match dial_quic(agent).await {
+            Ok(d) => {
+                tracing::info!(
+                    "QUIC to {} works again: moving this agent from the TCP fallback to QUIC \
+                     (open connections on TCP finish there)",
+                    agent.config.relay
+                );
+                return d;
+            }
+            Err(e) => tracing::debug!("QUIC still unavailable, staying on TCP: {e}"),
+        }
+    }
+}
+
+/// Accept data streams until the connection ends, we shut down, or (with `probe`) QUIC
+/// works again.
 async fn serve_streams(
     agent: &Arc<Agent>,
     conn: &Connection,
     mut ctrl: BiStream,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
-) -> Option<TransportError> {
-    // The control reader lives across loop iterations: read_frame is not cancel-safe.
-    let control = async {
-        loop {
-            match read_frame::<_, Control>(&mut ctrl.recv).await {
-                Ok(Some(Control::GoAway(g))) => {
-                    tracing::info!(
+    probe: bool,
+) -> StreamsEnd {
+    // A block, so the control reader's borrow of `ctrl` ends with it.
+    let next = {
+        // The control reader lives across loop iterations: read_frame is not cancel-safe.
+        let control = async {
+            loop {
+                match read_frame::<_, Control>(&mut ctrl.recv).await {
+                    Ok(Some(Control::GoAway(g))) => {
+                        tracing::info!(
                         "relay is going away ({}); finishing open connections, then reconnecting",
                         g.reason
                     );
-                }
-                Ok(Some(Control::Ping(v))) => {
-                    let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
-                }
-                Ok(Some(Control::Pong(_))) => {}
-                Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
-                // The connection itself ended: accept_bi reports why.
-                Ok(None) | Err(FrameError::Io(_)) => break,
-                Err(e) => {
-                    tracing::warn!("bad control frame from relay: {e}");
-                    conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
-                    break;
+                    }
+                    Ok(Some(Control::Ping(v))) => {
+                        let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
+                    }
+                    Ok(Some(Control::Pong(_))) => {}
+                    Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
+                    // The connection itself ended: accept_bi reports why.
+                    Ok(None) | Err(FrameError::Io(_)) => break,
+                    Err(e) => {
+                        tracing::warn!("bad control frame from relay: {e}");
+                        conn.close(codes::CLOSE_PROTOCOL, "bad control frame");
+                        break;
+                    }
                 }
             }
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(control);
+        let flows = Arc::new(udp::Flows::default());
+        let mut datagrams = true;
+        let probing = probe_quic(agent);
+        tokio::pin!(probing);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return StreamsEnd::Shutdown,
+                _ = &mut control => {}
+                next = &mut probing, if probe => break next,
+                s = conn.accept_bi() => match s {
+                    Ok(stream) => {
+                        let span = tracing::debug_span!("stream", stream.id = stream.send.id());
+                        tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
+                    }
+                    Err(e) => return StreamsEnd::Lost(e),
+                },
+                // Cancel-safe (Transport::recv_datagram); a closed connection shows in accept_bi.
+                d = conn.recv_datagram(), if datagrams => match d {
+                    Ok(d) => flows.deliver(d),
+                    Err(e) => {
+                        tracing::debug!("no more datagrams on this connection: {e}");
+                        datagrams = false;
+                    }
+                },
+            }
         }
-        std::future::pending::<()>().await
     };
-    tokio::pin!(control);
-    let flows = Arc::new(udp::Flows::default());
-    let mut datagrams = true;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = &mut control => {}
-            s = conn.accept_bi() => match s {
-                Ok(stream) => {
-                    let span = tracing::debug_span!("stream", stream.id = stream.send.id());
-                    tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
-                }
-                Err(e) => return Some(e),
-            },
-            // Cancel-safe (Transport::recv_datagram); a closed connection shows in accept_bi.
-            d = conn.recv_datagram(), if datagrams => match d {
-                Ok(d) => flows.deliver(d),
-                Err(e) => {
-                    tracing::debug!("no more datagrams on this connection: {e}");
-                    datagrams = false;
-                }
-            },
-        }
-    }
+    StreamsEnd::Moved(next, ctrl)
 }
 
 /// One relay-opened stream: read its header, check the tunnel against our own config,

@@ -24,7 +24,9 @@
 //!
 //! The length is checked against [`MAX_FRAME_LEN`] before anything is buffered, and decoding
 //! returns `Ok(None)` while a frame is incomplete: this crate does no IO (see [`frame`]). The
-//! async adapters in [`transport`] (feature `transport`, on by default) put it on QUIC.
+//! async adapters in [`transport`] (feature `transport`, on by default) put it on QUIC, or on
+//! yamux over TLS/TCP when UDP is blocked ([`transport::tcp`]: same streams, datagrams framed
+//! on a dedicated stream).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(clippy::unwrap_used)]
@@ -49,5 +51,6 @@ pub use frame::{decode, encode, MAX_FRAME_LEN, PROTOCOL_VERSION};
 pub use secret::Secret;
 pub use stream::{StreamError, StreamErrorKind, StreamKind, StreamOpen, StreamReply};
 
-/// ALPN protocol id agents use on QUIC (and, later, on the TLS fallback).
+/// ALPN protocol id agents use on QUIC and on the TLS-over-TCP fallback (where it tells an
+/// agent from a browser on the relay's https port).
 pub const ALPN: &[u8] = b"periscope/1";

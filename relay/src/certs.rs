@@ -105,6 +105,8 @@ pub(crate) struct CertStore {
     wanted: DashMap<String, ()>,
     wake: tokio::sync::Notify,
     dev_ca: Option<DevCa>,
+    /// The relay's own name (normalised): agents see its certificate under ACME.
+    domain: String,
 }
 
 impl fmt::Debug for CertStore {
@@ -136,6 +138,7 @@ impl CertStore {
             wanted: DashMap::new(),
             wake: tokio::sync::Notify::new(),
             dev_ca,
+            domain: crate::token::normalize_host(&config.domain),
         };
         if source == CertSource::Acme {
             store.load_cached(&acme_dir(config))?;
@@ -260,6 +263,14 @@ impl ResolvesServerCert for CertStore {
             // Only the challenge certificate, never a real one (RFC 8737 section 3).
             return host.and_then(|h| self.challenges.get(&h).map(|c| c.clone()));
         }
+        if hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == proto::ALPN))
+        {
+            // An agent on the TCP fallback: the certificate it would see on QUIC, so the
+            // same fingerprint / CA / web PKI check passes on both transports.
+            return Some(self.agent_cert());
+        }
         host.and_then(|h| self.hosts.get(&h).map(|c| c.key.clone()))
             .or_else(|| Some(self.fallback.clone()))
     }
@@ -288,6 +299,19 @@ impl ResolvesServerCert for AgentCert {
             .get(&self.domain)
             .map(|c| c.key.clone())
             .or_else(|| Some(self.store.fallback.clone()))
+    }
+}
+
+impl CertStore {
+    /// The certificate agents see: with ACME the relay domain's own (once obtained), else
+    /// the relay identity's (whose fingerprint the relay prints).
+    fn agent_cert(&self) -> Arc<CertifiedKey> {
+        if self.source == CertSource::Acme {
+            if let Some(c) = self.hosts.get(&self.domain) {
+                return c.key.clone();
+            }
+        }
+        self.fallback.clone()
     }
 }
 

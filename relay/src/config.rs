@@ -620,6 +620,16 @@ impl QuicConfig {
 }
 
 impl RelayConfig {
+    /// TLS+yamux settings for agents on the TCP fallback: the `[quic]` keep-alive and idle
+    /// timeout apply to both transports, so a dead agent is noticed equally fast.
+    pub(crate) fn tcp_transport_settings(&self) -> proto::transport::tcp::TcpSettings {
+        proto::transport::tcp::TcpSettings {
+            keep_alive: self.quic.keep_alive,
+            idle_timeout: self.quic.idle_timeout,
+            ..Default::default()
+        }
+    }
+
     /// Parse TOML text. The error keeps its span so the caller can name file, line and key.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

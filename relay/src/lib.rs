@@ -1,6 +1,7 @@
 //! # Periscope relay
 //!
-//! The public edge. Agents dial in over QUIC ([`quic`] accept loop), authenticate with a JWT
+//! The public edge. Agents dial in over QUIC, or over TLS+yamux on the https port (ALPN
+//! `periscope/1`, the TCP fallback), authenticate with a JWT
 //! ([`token`]) on their control stream, and register tunnels ([`session`]). For each TCP
 //! tunnel the relay listens on the public port ([`tcp_tunnel`]) and carries every visitor
 //! connection to the agent on its own stream. The HTTPS edge (`http`) routes visitor
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) udp: UdpMetrics,
     /// Visitor access control: users, sessions, bans, limits.
     pub(crate) access: access::Access,
+    /// Agent handshakes in progress (QUIC and TCP fallback together).
+    pub(crate) agent_handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -157,6 +160,7 @@ impl Relay {
             error: source,
         })?;
         let udp = UdpMetrics::default();
+        let config_pending_handshakes = config.limits.pending_handshakes;
         Ok(Relay {
             shared: Arc::new(Shared {
                 config,
@@ -171,6 +175,7 @@ impl Relay {
                 certs: store,
                 udp,
                 access,
+                agent_handshakes: Arc::new(tokio::sync::Semaphore::new(config_pending_handshakes)),
             }),
             endpoint,
             https,
@@ -251,9 +256,7 @@ impl Relay {
         let admin_addr = self.admin_addr();
         let shared = self.shared.clone();
         tracker.spawn(sweeper(shared.clone(), shutdown.clone()));
-        let handshakes = Arc::new(tokio::sync::Semaphore::new(
-            shared.config.limits.pending_handshakes,
-        ));
+        let handshakes = shared.agent_handshakes.clone();
         tracker.spawn(http::serve(
             shared.clone(),
             self.https,

@@ -24,7 +24,12 @@ pub struct SessionInfo {
     /// When it connected.
     pub since: SystemTime,
     pub(crate) conn: Connection,
-    pub(crate) tasks: TaskTracker,
+    /// The public listeners alone (tcp/udp ports), released first when a newer session of
+    /// the same agent takes over.
+    pub(crate) listeners: TaskTracker,
+    /// Fired by a newer session of the same agent: stop taking visitors, let the streams in
+    /// flight finish (bounded), then close with [`proto::codes::CLOSE_REPLACED`].
+    pub(crate) replaced: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for SessionInfo {

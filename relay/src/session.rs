@@ -13,7 +13,9 @@ use std::{
 use proto::{
     codes,
     control::CONTROL_VERSION,
-    transport::{quic::QuicConnection, read_frame, write_frame, BiStream, Connection},
+    transport::{
+        quic::QuicConnection, read_frame, write_frame, BiStream, Connection, TransportKind,
+    },
     Assigned, Control, GoAway, Hello, Reject, RejectReason, TunnelKind, Welcome,
 };
 use tokio::net::{TcpListener, UdpSocket};
@@ -26,6 +28,10 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// How long a replaced session gets to release its ports before the new one binds them.
 const REPLACE_WAIT: Duration = Duration::from_secs(2);
+/// How long a replaced session's streams in flight may go on (on their old connection)
+/// before it is closed. An agent moving from the TCP fallback to QUIC replaces its own
+/// session; its open connections finish instead of being cut.
+const REPLACE_DRAIN: Duration = Duration::from_secs(30);
 
 /// A validated tunnel with its public port bound.
 pub(crate) struct Bound {
@@ -64,6 +70,18 @@ pub(crate) async fn handle_incoming(
         }
     };
     let conn: Connection = Arc::new(QuicConnection(conn));
+    handle_connection(shared, conn, shutdown, handshake_permit).await
+}
+
+/// Run the agent session on an established connection (QUIC, or TLS+yamux from the https
+/// listener): Hello within the handshake timeout, authorization, then the session.
+pub(crate) async fn handle_connection(
+    shared: Arc<Shared>,
+    conn: Connection,
+    shutdown: CancellationToken,
+    handshake_permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let limit = shared.config.limits.handshake_timeout;
     let hello = tokio::time::timeout(limit, async {
         let mut ctrl = conn.accept_bi().await.ok()?;
         match read_frame::<_, Control>(&mut ctrl.recv).await {
@@ -350,16 +368,28 @@ async fn run_session(
     claims: Claims,
     shutdown: CancellationToken,
 ) {
-    // Replace an older session of the same agent: close it and wait (bounded) until it has
-    // released its ports, so ours can bind them.
+    // Replace an older session of the same agent and wait (bounded) until it has released
+    // its ports, so ours can bind them. An agent moving from the TCP fallback to QUIC: the old
+    // session stops taking visitors at once, but its streams in flight finish on the old
+    // connection, which then closes (REPLACE_DRAIN at most). Otherwise (a reconnect, or a
+    // second agent with the same token) the old connection is closed at once.
     if let Some(old) = shared.registry.take(&claims.sub) {
+        let moving = old.transport() == TransportKind::Tcp && conn.kind() == TransportKind::Quic;
         tracing::info!(
             old_session = old.id,
-            "replacing the previous session of this agent"
+            "replacing the previous session of this agent{}",
+            if moving {
+                " (moving from TCP to QUIC; its open connections finish)"
+            } else {
+                ""
+            }
         );
-        old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
-        old.tasks.close();
-        if tokio::time::timeout(REPLACE_WAIT, old.tasks.wait())
+        if !moving {
+            old.close(codes::CLOSE_REPLACED, "replaced by a newer session");
+        }
+        old.replaced.cancel();
+        old.listeners.close();
+        if tokio::time::timeout(REPLACE_WAIT, old.listeners.wait())
             .await
             .is_err()
         {
@@ -414,6 +444,8 @@ async fn run_session(
     }
     shared.metrics.handshake("ok");
     let tasks = TaskTracker::new();
+    let listeners = TaskTracker::new();
+    let replaced = CancellationToken::new();
     let cancel = CancellationToken::new();
     let public: Vec<String> = bound
         .iter()
@@ -442,11 +474,12 @@ async fn run_session(
         public,
         since: SystemTime::now(),
         conn: conn.clone(),
-        tasks: tasks.clone(),
+        listeners: listeners.clone(),
+        replaced: replaced.clone(),
     });
     for b in bound {
         let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
-        tasks.spawn(
+        listeners.spawn(
             tcp_tunnel::serve(
                 shared.clone(),
                 b,
@@ -462,14 +495,14 @@ async fn run_session(
     if !bound_udp.is_empty() {
         let flows = udp_tunnel::SessionFlows::default();
         let next_flow = Arc::new(AtomicU64::new(1));
-        tasks.spawn(udp_tunnel::dispatch(
+        listeners.spawn(udp_tunnel::dispatch(
             conn.clone(),
             flows.clone(),
             cancel.clone(),
         ));
         for b in bound_udp {
             let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.socket.local_addr().map(|a| a.port()).unwrap_or(0));
-            tasks.spawn(
+            listeners.spawn(
                 udp_tunnel::serve(
                     shared.clone(),
                     b,
@@ -495,12 +528,33 @@ async fn run_session(
                 })).await;
                 cancel.cancel();
                 tasks.close();
+                listeners.close();
                 let grace = shared.config.limits.shutdown_grace;
                 if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
                     tracing::info!("cutting connections still open after the {grace:?} grace period");
                 }
                 conn.close(codes::CLOSE_SHUTDOWN, "relay shutting down");
                 break "relay shutting down".to_string();
+            }
+            _ = replaced.cancelled() => {
+                // A newer session of this agent took over: no new visitors here; streams in
+                // flight finish, then the old connection goes.
+                cancel.cancel();
+                listeners.close();
+                tasks.close();
+                tokio::select! {
+                    _ = async {
+                        listeners.wait().await;
+                        tasks.wait().await;
+                    } => {}
+                    _ = conn.closed() => {}
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(REPLACE_DRAIN) => {
+                        tracing::info!("cutting connections of the replaced session still open after {REPLACE_DRAIN:?}");
+                    }
+                }
+                conn.close(codes::CLOSE_REPLACED, "replaced by a newer session");
+                break "replaced by a newer session".to_string();
             }
             e = conn.closed() => break e.to_string(),
             msg = read_frame::<_, Control>(&mut ctrl.recv) => match msg {
@@ -529,8 +583,13 @@ async fn run_session(
     };
     cancel.cancel();
     tasks.close();
+    listeners.close();
     shared.registry.remove_if(&claims.sub, id);
     release_routes(&shared, id);
     tracing::info!(session = id, "agent disconnected: {ended}");
-    let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        listeners.wait().await;
+        tasks.wait().await;
+    })
+    .await;
 }

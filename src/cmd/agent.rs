@@ -43,6 +43,8 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
             ca_file: None,
             server_name: None,
             transport: Default::default(),
+            relay_https: None,
+            quic_probe_interval: agent::config::default_quic_probe_interval(),
             connect_timeout: std::time::Duration::from_secs(10),
             quic: Default::default(),
             tunnels: Vec::new(),
@@ -66,6 +68,16 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(c) = &args.ca_file {
         cfg.ca_file = Some(c.clone());
         cfg.fingerprint = None;
+    }
+    if let Some(t) = &args.transport {
+        cfg.transport = match t.as_str() {
+            "quic" => agent::config::TransportChoice::Quic,
+            "tcp" => agent::config::TransportChoice::Tcp,
+            _ => agent::config::TransportChoice::Auto,
+        };
+    }
+    if let Some(h) = &args.relay_https {
+        cfg.relay_https = Some(h.clone());
     }
     if let Some(k) = args.keep_alive {
         cfg.quic.keep_alive = k;

@@ -88,7 +88,7 @@ fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {
          data directory: {data}\n\
          certificate fingerprint: {fp}\n\n\
          Run an agent (token for agent \"dev\", tcp/udp ports 1024-65535, valid 30 days, id {jti}):\n\n  \
-         {exe} agent --relay {quic} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
+         {exe} agent --relay {quic} --relay-https {https} --fingerprint {fp} --token {token} --tcp ssh=127.0.0.1:22:2222\n\n\
          then: ssh -p 2222 127.0.0.1\n\n         http tunnels (--http cam=127.0.0.1:8080) answer at https://cam.{domain}:{port}/ with a\n         certificate from the development CA: curl --cacert {ca} ...\n         They ask for a login: `{exe} user add --dev NAME` (raw tcp ports are open in dev mode).\n",
         domain = config.domain,
         port = relay.https_addr().port(),

@@ -358,7 +358,16 @@ impl AgentBuilder {
                 fingerprint: Some(relay.fingerprint.clone()),
                 ca_file: None,
                 server_name: None,
-                transport: Default::default(),
+                // `PERISCOPE_TEST_TRANSPORT=tcp cargo test --test e2e` runs every test over
+                // the TCP fallback (or `quic`); tests about one transport set it themselves.
+                transport: match std::env::var("PERISCOPE_TEST_TRANSPORT").as_deref() {
+                    Ok("tcp") => agent::config::TransportChoice::Tcp,
+                    Ok("quic") => agent::config::TransportChoice::Quic,
+                    _ => agent::config::TransportChoice::Auto,
+                },
+                // The test relay's https port differs from its QUIC port.
+                relay_https: Some(relay.https.to_string()),
+                quic_probe_interval: agent::config::default_quic_probe_interval(),
                 connect_timeout: Duration::from_secs(5),
                 quic: Default::default(),
                 tunnels: vec![],
@@ -403,6 +412,12 @@ impl AgentBuilder {
         if let Some(t) = self.config.tunnels.last_mut() {
             t.proxy_protocol = Some(agent::config::ProxyProtocol::V2);
         }
+        self
+    }
+
+    /// Dial with this transport (`auto`, `quic` or `tcp`).
+    pub fn transport(mut self, t: agent::config::TransportChoice) -> Self {
+        self.config.transport = t;
         self
     }
 
@@ -511,10 +526,16 @@ pub struct Tunnel {
 
 /// Start a relay and an agent with one tcp tunnel to `target`; wait until it is up.
 pub async fn tcp_tunnel(target: SocketAddr) -> Tunnel {
+    tcp_tunnel_over(target, agent::config::TransportChoice::Auto).await
+}
+
+/// Like [`tcp_tunnel`], with the agent on transport `t`.
+pub async fn tcp_tunnel_over(target: SocketAddr, t: agent::config::TransportChoice) -> Tunnel {
     let relay = TestRelay::start().await;
     let port = free_port();
     let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
         .tcp("t", target, port)
+        .transport(t)
         .start()
         .await;
     agent.connected().await;
@@ -725,4 +746,53 @@ pub async fn udp_roundtrip(sock: &tokio::net::UdpSocket, port: u16, msg: &[u8]) 
         }
     }
     panic!("no UDP answer through port {port}");
+}
+
+/// GET `path` on the admin listener with an optional bearer token: status and body.
+pub async fn admin_get(
+    relay: &TestRelay,
+    path: &str,
+    token: Option<&str>,
+) -> (http::StatusCode, String) {
+    admin_call(relay, "GET", path, token, "").await
+}
+
+/// `method path` (with a JSON `body` unless empty) on the admin listener: status and body.
+pub async fn admin_call(
+    relay: &TestRelay,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (http::StatusCode, String) {
+    let tcp = TcpStream::connect(relay.admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if !body.is_empty() {
+        req = req.header("content-type", "application/json");
+    }
+    let resp = send
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).to_string())
 }

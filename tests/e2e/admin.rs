@@ -3,47 +3,9 @@
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 
 use crate::common::*;
-
-/// GET `path` on the admin listener with an optional bearer token: status and body.
-async fn admin_get(relay: &TestRelay, path: &str, token: Option<&str>) -> (StatusCode, String) {
-    admin_call(relay, "GET", path, token, "").await
-}
-
-/// `method path` (with a JSON `body` unless empty) on the admin listener: status and body.
-async fn admin_call(
-    relay: &TestRelay,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (StatusCode, String) {
-    let tcp = tokio::net::TcpStream::connect(relay.admin).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    if !body.is_empty() {
-        req = req.header("content-type", "application/json");
-    }
-    let resp = send
-        .send_request(req.body(Full::new(Bytes::from(body.to_string()))).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).to_string())
-}
 
 #[tokio::test]
 async fn admin_api_needs_the_token_and_shows_agents_and_metrics() {

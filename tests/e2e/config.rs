@@ -100,6 +100,7 @@ fn every_config_key_is_documented() {
             .unwrap();
     agent.ca_file = Some("/ca".into());
     agent.server_name = Some("x".into());
+    agent.relay_https = Some("x:443".into());
     agent.token = Some(proto::Secret::new("t"));
     agent.tunnels[0].hostname = Some("h".into());
     agent.tunnels[0].proxy_protocol = Some(agent::config::ProxyProtocol::V2);

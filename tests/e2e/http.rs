@@ -9,6 +9,8 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio_tungstenite::tungstenite::Message;
 
+use agent::config::TransportChoice;
+
 use crate::common::{nvr, *};
 
 const HOST: &str = "cam.relay.localhost";
@@ -33,10 +35,21 @@ async fn publish(
     relay_cfg: impl FnOnce(&mut relay::RelayConfig),
     tunnel_cfg: impl FnOnce(&mut agent::config::TunnelConfig),
 ) -> (TestRelay, TestAgent) {
+    publish_over(target, relay_cfg, tunnel_cfg, TransportChoice::Auto).await
+}
+
+/// Like [`publish`], the agent on transport `transport`.
+async fn publish_over(
+    target: std::net::SocketAddr,
+    relay_cfg: impl FnOnce(&mut relay::RelayConfig),
+    tunnel_cfg: impl FnOnce(&mut agent::config::TunnelConfig),
+    transport: TransportChoice,
+) -> (TestRelay, TestAgent) {
     let relay = public_relay_with(relay_cfg).await;
     let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
         .http("cam", target)
         .tunnel(tunnel_cfg)
+        .transport(transport)
         .start()
         .await;
     let s = agent.connected().await;
@@ -52,8 +65,23 @@ async fn publish(
 
 /// The fake recorder published with default options.
 async fn cam() -> (TestRelay, TestAgent, Nvr) {
+    cam_over(TransportChoice::Auto).await
+}
+
+/// The fake recorder published with default options, the agent on `transport`.
+async fn cam_over(transport: TransportChoice) -> (TestRelay, TestAgent, Nvr) {
     let nvr = Nvr::start().await;
-    let (relay, agent) = publish(nvr.addr, |_| {}, |_| {}).await;
+    let (relay, mut agent) = publish_over(nvr.addr, |_| {}, |_| {}, transport).await;
+    if transport != TransportChoice::Auto {
+        let kind = match transport {
+            TransportChoice::Tcp => proto::transport::TransportKind::Tcp,
+            _ => proto::transport::TransportKind::Quic,
+        };
+        let agent::Status::Connected { transport: got, .. } = agent.connected().await else {
+            unreachable!()
+        };
+        assert_eq!(got, kind);
+    }
     (relay, agent, nvr)
 }
 
@@ -111,7 +139,16 @@ fn header<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a serde_json:
 
 #[tokio::test]
 async fn get_over_http1_and_http2_with_forwarded_headers() {
-    let (relay, agent, _nvr) = cam().await;
+    get_with_forwarded_headers(TransportChoice::Quic).await
+}
+
+#[tokio::test]
+async fn get_over_the_tcp_fallback() {
+    get_with_forwarded_headers(TransportChoice::Tcp).await
+}
+
+async fn get_with_forwarded_headers(transport: TransportChoice) {
+    let (relay, agent, _nvr) = cam_over(transport).await;
     for h2 in [false, true] {
         let s = seen(&relay, h2).await;
         let one = |v: &str| serde_json::json!([v]);
@@ -581,7 +618,16 @@ where
 
 #[tokio::test]
 async fn websocket_echo_and_pushed_video_through_the_edge() {
-    let (relay, agent, _nvr) = cam().await;
+    websocket_echo_and_video(TransportChoice::Quic).await
+}
+
+#[tokio::test]
+async fn websocket_over_the_tcp_fallback() {
+    websocket_echo_and_video(TransportChoice::Tcp).await
+}
+
+async fn websocket_echo_and_video(transport: TransportChoice) {
+    let (relay, agent, _nvr) = cam_over(transport).await;
     let mut ws = websocket(&relay, "/ws/echo").await;
     for i in 0..3 {
         ws.send(Message::text(format!("frame {i}"))).await.unwrap();

@@ -2,8 +2,8 @@
 //!
 //! [`Transport`] is the one small trait everything above it uses: open/accept bidirectional
 //! streams, send/receive datagrams, close with a reason. [`quic`] implements it with quinn;
-//! the TLS+yamux fallback will implement the same trait, so the relay and agent code and the
-//! end-to-end tests are shared. Streams are enums over the concrete implementations (no
+//! [`tcp`] (the TLS+yamux fallback) implements the same trait, so the relay and agent code and
+//! the end-to-end tests are shared. Streams are enums over the concrete implementations (no
 //! per-read dynamic dispatch or boxing on the data path).
 
 use std::{
@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub mod io_util;
 pub mod quic;
+pub mod tcp;
 
 pub use io_util::{
     copy_bidirectional_idle, read_frame, splice, write_frame, FrameError, SpliceStats,
@@ -150,6 +151,8 @@ pub struct BiStream {
 pub enum SendStream {
     /// A QUIC stream.
     Quic(quinn::SendStream),
+    /// A yamux stream (TCP fallback).
+    Tcp(tcp::TcpSendStream),
 }
 
 /// Receiving half of a stream.
@@ -157,6 +160,8 @@ pub enum SendStream {
 pub enum RecvStream {
     /// A QUIC stream.
     Quic(quinn::RecvStream),
+    /// A yamux stream (TCP fallback).
+    Tcp(tcp::TcpRecvStream),
 }
 
 impl SendStream {
@@ -166,6 +171,7 @@ impl SendStream {
             SendStream::Quic(s) => {
                 let _ = s.reset(quinn::VarInt::from_u32(code));
             }
+            SendStream::Tcp(s) => s.reset(),
         }
     }
 
@@ -173,6 +179,7 @@ impl SendStream {
     pub async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
         match self {
             SendStream::Quic(s) => s.write_chunk(chunk).await.map_err(io::Error::from),
+            SendStream::Tcp(s) => tokio::io::AsyncWriteExt::write_all(s, &chunk).await,
         }
     }
 
@@ -180,6 +187,7 @@ impl SendStream {
     pub fn id(&self) -> u64 {
         match self {
             SendStream::Quic(s) => s.id().index(),
+            SendStream::Tcp(s) => s.id(),
         }
     }
 }
@@ -192,6 +200,11 @@ impl RecvStream {
                 Ok(c) => Ok(c.map(|c| c.bytes)),
                 Err(e) => Err(io::Error::from(e)),
             },
+            RecvStream::Tcp(s) => {
+                let mut buf = bytes::BytesMut::with_capacity(max.clamp(1, 64 * 1024));
+                let n = tokio::io::AsyncReadExt::read_buf(s, &mut buf).await?;
+                Ok((n > 0).then(|| buf.freeze()))
+            }
         }
     }
 
@@ -201,6 +214,7 @@ impl RecvStream {
             RecvStream::Quic(s) => {
                 let _ = s.stop(quinn::VarInt::from_u32(code));
             }
+            RecvStream::Tcp(s) => s.stop(),
         }
     }
 }
@@ -213,18 +227,21 @@ impl AsyncWrite for SendStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
+            SendStream::Tcp(s) => AsyncWrite::poll_write(Pin::new(s), cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
+            SendStream::Tcp(s) => AsyncWrite::poll_flush(Pin::new(s), cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             SendStream::Quic(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
+            SendStream::Tcp(s) => AsyncWrite::poll_shutdown(Pin::new(s), cx),
         }
     }
 }
@@ -237,6 +254,7 @@ impl AsyncRead for RecvStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             RecvStream::Quic(s) => AsyncRead::poll_read(Pin::new(s), cx, buf),
+            RecvStream::Tcp(s) => AsyncRead::poll_read(Pin::new(s), cx, buf),
         }
     }
 }

@@ -31,7 +31,8 @@ pub(crate) type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>
 const HEAD_SLACK: usize = 16 * 1024;
 
 /// rustls config for visitors: certificates by SNI from `certs`, ALPN h2 and http/1.1 (and
-/// `acme-tls/1` when tls-alpn-01 validation may knock).
+/// `acme-tls/1` when tls-alpn-01 validation may knock), plus `periscope/1`: an agent on the
+/// TCP fallback transport, handed to the agent session code instead of HTTP.
 pub(crate) fn tls_config(
     certs: Arc<crate::certs::CertStore>,
     acme_alpn: bool,
@@ -40,7 +41,7 @@ pub(crate) fn tls_config(
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), proto::ALPN.to_vec()];
     if acme_alpn {
         cfg.alpn_protocols
             .push(crate::certs::ACME_TLS_ALPN.to_vec());
@@ -136,6 +137,25 @@ async fn connection(
     if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ACME_TLS_ALPN) {
         // A tls-alpn-01 validation: the handshake was the whole answer.
         tracing::debug!("answered a tls-alpn-01 validation");
+        return;
+    }
+    if tls.get_ref().1.alpn_protocol() == Some(proto::ALPN) {
+        // An agent on the TCP fallback: the same session path as a QUIC connection. It does
+        // not count as a visitor connection of its address.
+        drop(_slot);
+        let Ok(permit) = shared.agent_handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %peer, "too many agent handshakes in progress; refusing");
+            return;
+        };
+        let conn = proto::transport::tcp::TcpConnection::server(
+            tls,
+            peer,
+            &shared.config.tcp_transport_settings(),
+        );
+        let span = tracing::info_span!("agent_conn", remote = %peer, transport = "tcp");
+        crate::session::handle_connection(shared, Arc::new(conn), shutdown, permit)
+            .instrument(span)
+            .await;
         return;
     }
     let sni = tls
