@@ -43,7 +43,7 @@ mkdir -p "$WORK/www"
 head -c $((256 << 20)) /dev/urandom >"$WORK/www/big.bin"
 head -c $((2 << 20)) /dev/urandom >"$WORK/www/f2m.bin"
 echo "hello from home" >"$WORK/www/hello.txt"
-in_ns "$NS_HOME" python3 tests/interop/recorder.py 8000 "$WORK/www" 0.0.0.0 >"$WORK/web.log" 2>&1 &
+ip netns exec "$NS_HOME" python3 tests/interop/recorder.py 8000 "$WORK/www" 0.0.0.0 >"$WORK/web.log" 2>&1 &
 PIDS+=($!)
 
 cat >"$WORK/relay.toml" <<TOML
@@ -60,7 +60,7 @@ host = "cam.relay.test"
 public = true
 TOML
 start_relay() {
-  in_ns "$NS_VPS" "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
+  ip netns exec "$NS_VPS" "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
   RELAY=$!; PIDS+=("$RELAY")
 }
 start_relay
@@ -144,10 +144,10 @@ type = "tcp"
 token = "t"
 local_addr = "127.0.0.1:8000"
 TOML
-  in_ns "$NS_VPS" "$RATHOLE" --server "$WORK/rh-server.toml" >"$WORK/rathole-server.log" 2>&1 &
+  ip netns exec "$NS_VPS" "$RATHOLE" --server "$WORK/rh-server.toml" >"$WORK/rathole-server.log" 2>&1 &
   RHS=$!; PIDS+=("$RHS")
   sleep 0.5
-  in_ns "$NS_HOME" "$RATHOLE" --client "$WORK/rh-client.toml" >"$WORK/rathole-client.log" 2>&1 &
+  ip netns exec "$NS_HOME" "$RATHOLE" --client "$WORK/rh-client.toml" >"$WORK/rathole-client.log" 2>&1 &
   RHC=$!; PIDS+=("$RHC")
   wait_url 30 "http://$VPS_PUBLIC:9000" >/dev/null || { echo "rathole path does not work" >&2; exit 1; }
   measure "rathole (tcp transport)" "http://$VPS_PUBLIC:9000"
@@ -160,7 +160,7 @@ fi
 RESTART=()
 run_periscope() { # run_periscope NAME CONGESTION TRANSPORT
   agent_conf "$2" "$3"
-  in_ns "$NS_HOME" "$BIN" agent --config "$WORK/agent.toml" 2>>"$WORK/agent.log" &
+  ip netns exec "$NS_HOME" "$BIN" agent --config "$WORK/agent.toml" 2>>"$WORK/agent.log" &
   AGENT=$!; PIDS+=("$AGENT")
   wait_url 60 "${PSC_URL[@]}" >/dev/null || { echo "periscope ($1) does not serve" >&2; exit 1; }
   measure "$1" "${PSC_URL[@]}"

@@ -1,7 +1,9 @@
 """A web target on python's own http.server for the interop suites: static files from a
 folder, an upload sink (POST) answering the body's sha256, and endless MJPEG at /mjpeg
-(close-delimited, HTTP/1.0). Usage: recorder.py PORT DIR [BIND]."""
-import functools, hashlib, http.server, sys, time
+(close-delimited, HTTP/1.0), and at /ws a WebSocket upgrade (101 with the RFC 6455 accept
+key) after which every byte is echoed (the edge splices upgraded connections; it never reads
+WebSocket frames). Usage: recorder.py PORT DIR [BIND]."""
+import base64, functools, hashlib, http.server, sys, time
 class Recorder(http.server.SimpleHTTPRequestHandler):
     def do_POST(self):
         left, h = int(self.headers.get("Content-Length", "0")), hashlib.sha256()
@@ -13,6 +15,19 @@ class Recorder(http.server.SimpleHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def do_GET(self):
+        if self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            key = self.headers.get("Sec-WebSocket-Key", "") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+            self.protocol_version = "HTTP/1.1"
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket"); self.send_header("Connection", "Upgrade")
+            self.send_header("Sec-WebSocket-Accept", base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
+            self.end_headers(); self.wfile.flush()
+            while True:
+                d = self.connection.recv(65536)
+                if not d: break
+                self.connection.sendall(d)
+            self.close_connection = True
+            return
         if self.path != "/mjpeg":
             return super().do_GET()
         self.send_response(200)

@@ -30,10 +30,28 @@ ns_need_tools() {
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# ns_down: stop every process still inside the namespaces (by PID, from `ip netns pids`),
+# the link emulator, and remove the namespaces.
 ns_down() {
-  [ -n "${LINKEM_PID:-}" ] && kill "$LINKEM_PID" 2>/dev/null && wait "$LINKEM_PID" 2>/dev/null
+  local ns pids
+  for ns in "${NS_ALL[@]}"; do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill $pids 2>/dev/null
+  done
+  sleep 0.2
+  for ns in "${NS_ALL[@]}"; do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+  done
+  if [ -n "${LINKEM_PID:-}" ]; then
+    kill "$LINKEM_PID" 2>/dev/null
+    wait "$LINKEM_PID" 2>/dev/null
+  fi
   LINKEM_PID=
   for ns in "${NS_ALL[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  return 0
 }
 
 # ns_up: build the four namespaces, the links and the NAT; start the link emulator clean.
