@@ -4,7 +4,7 @@
 # emulator. Same run, same link, for each system:
 #   direct       a port forward on the home router, no tunnel (plain HTTP)
 #   rathole      rathole's TCP transport (plain), when installed (RATHOLE=/path or on PATH)
-#   periscope    QUIC with CUBIC and with BBR, and the TLS+TCP fallback when the agent has it
+#   periscope    QUIC with CUBIC and with BBR, and the TLS+TCP fallback (transport = tcp)
 # measures: single-stream Mbit/s over 20 s, 8 parallel 2 MiB fetches (all done, median first
 # byte), 8 MJPEG viewers for 15 s (frames, stalls > 1 s, median first frame), and the
 # seconds from relay kill -9 to serving again. REPS runs each (default 3); medians printed as
@@ -72,6 +72,7 @@ FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d
 agent_conf() {
   cat >"$WORK/agent.toml" <<TOML
 relay = "$VPS_UPLINK:4433"
+relay_https = "$VPS_UPLINK:8443"
 token_file = "$WORK/agent.token"
 fingerprint = "$FP"
 transport = "$2"
@@ -179,6 +180,7 @@ run_periscope() { # run_periscope NAME CONGESTION TRANSPORT
 }
 run_periscope "periscope QUIC (cubic)" cubic quic
 run_periscope "periscope QUIC (bbr)" bbr quic
+run_periscope "periscope TLS+TCP fallback (kernel BBR)" bbr tcp
 
 python3 - "$WORK/results.jsonl" <<'PY'
 import json, statistics, sys

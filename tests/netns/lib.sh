@@ -37,17 +37,17 @@ ns_down() {
   for ns in "${NS_ALL[@]}"; do
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill $pids 2>/dev/null
+    if [ -n "$pids" ]; then kill $pids 2>/dev/null || true; fi
   done
   sleep 0.2
   for ns in "${NS_ALL[@]}"; do
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
     # shellcheck disable=SC2086
-    [ -n "$pids" ] && kill -9 $pids 2>/dev/null
+    if [ -n "$pids" ]; then kill -9 $pids 2>/dev/null || true; fi
   done
   if [ -n "${LINKEM_PID:-}" ]; then
-    kill "$LINKEM_PID" 2>/dev/null
-    wait "$LINKEM_PID" 2>/dev/null
+    kill "$LINKEM_PID" 2>/dev/null || true
+    wait "$LINKEM_PID" 2>/dev/null || true
   fi
   LINKEM_PID=
   for ns in "${NS_ALL[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
