@@ -46,26 +46,7 @@ echo "hello from home" >"$WORK/www/hello.txt"
 ip netns exec "$NS_HOME" python3 tests/interop/recorder.py 8000 "$WORK/www" 0.0.0.0 >"$WORK/web.log" 2>&1 &
 PIDS+=($!)
 
-cat >"$WORK/relay.toml" <<TOML
-domain = "relay.test"
-data_dir = "$WORK/data"
-[listen]
-https = "0.0.0.0:8443"
-quic = "0.0.0.0:4433"
-http = "127.0.0.1:8080"
-admin = "127.0.0.1:9090"
-tunnels = "0.0.0.0"
-[[access]]
-host = "cam.relay.test"
-public = true
-TOML
-start_relay() {
-  ip netns exec "$NS_VPS" "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
-  RELAY=$!; PIDS+=("$RELAY")
-}
-start_relay
-for _ in $(seq 200); do grep -q 'fingerprint sha256:' "$WORK/relay.log" && break; sleep 0.05; done
-FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2)
+ns_start_relay || { echo "relay printed no fingerprint" >&2; exit 1; }
 "$BIN" token issue --config "$WORK/relay.toml" --agent home --host cam.relay.test --ttl 1h >"$WORK/agent.token" 2>/dev/null
 
 # agent_conf CONGESTION TRANSPORT
@@ -169,7 +150,7 @@ run_periscope() { # run_periscope NAME CONGESTION TRANSPORT
   for _ in $(seq "$REPS"); do
     kill -9 "$RELAY"; wait "$RELAY" 2>/dev/null || true
     t0=$(date +%s.%N)
-    start_relay
+    ns_restart_relay
     wait_url 60 "${PSC_URL[@]}" >/dev/null || { echo "periscope ($1) did not come back" >&2; exit 1; }
     back=$(python3 -c "print('%.2f' % ($(date +%s.%N) - $t0))")
     echo "{\"system\": \"$1\", \"what\": \"restart\", \"res\": {\"back_s\": $back}}" >>"$WORK/results.jsonl"

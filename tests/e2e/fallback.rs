@@ -174,13 +174,8 @@ async fn revoked_token_reaches_the_agent_over_tcp() {
 #[tokio::test]
 async fn relay_shutdown_reason_reaches_the_agent_over_tcp() {
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Tcp)
-        .start()
-        .await;
+    let (builder, _) = echo_agent(&relay, TransportChoice::Tcp).await;
+    let mut agent = builder.start().await;
     agent.connected().await;
     relay.stop().await;
     let e = agent.connect_error().await;
@@ -217,19 +212,24 @@ async fn replaced_session_reason_reaches_the_agent_over_tcp() {
 #[tokio::test]
 async fn killed_relay_is_noticed_over_tcp() {
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Tcp)
-        .start()
-        .await;
+    let (builder, _) = echo_agent(&relay, TransportChoice::Tcp).await;
+    let mut agent = builder.start().await;
     agent.connected().await;
     let t0 = Instant::now();
     relay.kill().await;
     agent.connect_error().await;
     assert!(t0.elapsed() < Duration::from_secs(9), "{:?}", t0.elapsed());
     agent.stop().await;
+}
+
+/// A builder for agent `home` publishing a new echo server on a free port over `transport`.
+async fn echo_agent(relay: &TestRelay, transport: TransportChoice) -> (AgentBuilder, u16) {
+    let echo = echo_server().await;
+    let port = free_port();
+    let builder = AgentBuilder::new(relay, &relay.token("home", &[port]))
+        .tcp("echo", echo, port)
+        .transport(transport);
+    (builder, port)
 }
 
 /// A UDP socket that swallows everything: QUIC "blocked".
@@ -243,13 +243,10 @@ async fn udp_black_hole() -> (UdpSocket, SocketAddr) {
 async fn auto_falls_back_to_tcp_when_udp_is_blocked() {
     let logs = capture_logs();
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
+    let (builder, port) = echo_agent(&relay, TransportChoice::Auto).await;
     let (_hole, hole) = udp_black_hole().await;
     let t0 = Instant::now();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Auto)
+    let mut agent = builder
         .configure(|c| c.relay = hole.to_string())
         .start()
         .await;
@@ -269,13 +266,8 @@ async fn auto_falls_back_to_tcp_when_udp_is_blocked() {
 #[tokio::test]
 async fn auto_picks_quic_when_it_works() {
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Auto)
-        .start()
-        .await;
+    let (builder, _) = echo_agent(&relay, TransportChoice::Auto).await;
+    let mut agent = builder.start().await;
     let s = agent.connected().await;
     assert_eq!(transport_of(&s), Some(TransportKind::Quic));
     agent.stop().await;
@@ -285,12 +277,9 @@ async fn auto_picks_quic_when_it_works() {
 #[tokio::test]
 async fn quic_only_does_not_fall_back() {
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
+    let (builder, _) = echo_agent(&relay, TransportChoice::Quic).await;
     let (_hole, hole) = udp_black_hole().await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Quic)
+    let mut agent = builder
         .configure(|c| {
             c.relay = hole.to_string();
             c.connect_timeout = Duration::from_millis(500);
@@ -347,12 +336,9 @@ async fn udp_switch(relay: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_moves_back_to_quic_when_it_works_again() {
     let relay = TestRelay::start().await;
-    let echo = echo_server().await;
-    let port = free_port();
+    let (builder, port) = echo_agent(&relay, TransportChoice::Auto).await;
     let (front, on) = udp_switch(relay.addr).await;
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[port]))
-        .tcp("echo", echo, port)
-        .transport(TransportChoice::Auto)
+    let mut agent = builder
         .configure(|c| {
             c.relay = front.to_string();
             c.quic_probe_interval = Duration::from_millis(500);

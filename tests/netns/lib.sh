@@ -113,3 +113,33 @@ ns_rebind_nat() {
   in_ns "$NS_NAT" iptables -t nat -A POSTROUTING -o em-nat -j MASQUERADE
   in_ns "$NS_NAT" conntrack -D -p udp >/dev/null 2>&1 || true
 }
+
+# ns_start_relay [EXTRA_TOML]: write $WORK/relay.toml (domain relay.test; https 8443 and QUIC
+# 4433 on every address of `vps`; cam.relay.test public) plus EXTRA_TOML, start the relay in
+# `vps` (RELAY, added to PIDS) and wait for its fingerprint (FP). ns_restart_relay starts it
+# again with the same file.
+ns_start_relay() {
+  cat >"$WORK/relay.toml" <<TOML
+domain = "relay.test"
+data_dir = "$WORK/data"
+[listen]
+https = "0.0.0.0:8443"
+quic = "0.0.0.0:4433"
+http = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+tunnels = "0.0.0.0"
+[[access]]
+host = "cam.relay.test"
+public = true
+${1:-}
+TOML
+  ns_restart_relay
+  for _ in $(seq 200); do grep -q 'fingerprint sha256:' "$WORK/relay.log" && break; sleep 0.05; done
+  FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2 || true)
+  [ -n "$FP" ]
+}
+ns_restart_relay() {
+  ip netns exec "$NS_VPS" "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
+  RELAY=$!
+  PIDS+=("$RELAY")
+}

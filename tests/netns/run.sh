@@ -39,30 +39,9 @@ PIDS+=($!)
 ip netns exec "$NS_HOME" python3 tests/interop/udp_echo.py 7003 >"$WORK/udp-echo.log" 2>&1 &
 PIDS+=($!)
 
-cat >"$WORK/relay.toml" <<TOML
-domain = "relay.test"
-data_dir = "$WORK/data"
-[listen]
-https = "0.0.0.0:8443"
-quic = "0.0.0.0:4433"
-http = "127.0.0.1:8080"
-admin = "127.0.0.1:9090"
-tunnels = "0.0.0.0"
-[[access]]
-host = "cam.relay.test"
-public = true
-[[port_access]]
+ns_start_relay '[[port_access]]
 ports = "7000-7002"
-mode = "open"
-TOML
-start_relay() {
-  ip netns exec "$NS_VPS" "$BIN" relay --config "$WORK/relay.toml" 2>>"$WORK/relay.log" &
-  RELAY=$!; PIDS+=("$RELAY")
-}
-start_relay
-for _ in $(seq 200); do grep -q 'fingerprint sha256:' "$WORK/relay.log" && break; sleep 0.05; done
-FP=$(grep -o 'fingerprint sha256:[0-9a-f]*' "$WORK/relay.log" | head -1 | cut -d' ' -f2 || true)
-[ -n "$FP" ] || fail "relay printed no fingerprint"
+mode = "open"' || fail "relay printed no fingerprint"
 TOKEN=$("$BIN" token issue --config "$WORK/relay.toml" --agent home --tcp-port 7000 --udp-port 7002 --host cam.relay.test --ttl 1h 2>/dev/null)
 ADMIN_TOKEN=$("$BIN" admin-token --config "$WORK/relay.toml")
 cat "$WORK/data/dev-ca.crt" "$WORK/data/self-signed.crt" >"$WORK/trust.pem"
@@ -263,7 +242,7 @@ VIEW=$!; PIDS+=("$VIEW")
 sleep 1
 kill -9 "$RELAY"; wait "$RELAY" 2>/dev/null || true
 t0=$(date +%s.%N)
-start_relay
+ns_restart_relay
 back=$(until_web 20 "$t0") || fail "the agent did not come back after the relay was killed"
 echo_roundtrip || fail "tcp tunnel after the relay restart"
 kill "$VIEW" 2>/dev/null || true
