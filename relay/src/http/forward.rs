@@ -12,12 +12,16 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use proto::{
-    transport::{copy_bidirectional_idle, BiStream, Connection},
+    transport::{copy_bidirectional_idle, Connection},
     HttpOptions, StreamErrorKind, StreamKind, StreamOpen,
 };
 
 use super::{pages::page, Body};
-use crate::{open::OpenError, token::normalize_host, Shared};
+use crate::{
+    open::{OpenError, Pipelined},
+    token::normalize_host,
+    Shared,
+};
 
 /// What the edge knows about the visitor's connection.
 #[derive(Debug)]
@@ -225,40 +229,46 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> 
     }
 }
 
-/// Open the agent stream for one request; `Err` is the error page to answer with.
+/// Open the agent stream for one request, the agent's reply still on its way (see
+/// [`crate::open::open_pipelined`]); `Err` is the error page to answer with.
 async fn open_stream(
     shared: &Shared,
     v: &Visitor,
     route: &Route,
-) -> Result<BiStream, Box<Response<Body>>> {
+) -> Result<Pipelined, Box<Response<Body>>> {
     let open = StreamOpen {
         tunnel: route.tunnel,
         visitor: v.peer,
         server: v.local,
         kind: StreamKind::Http,
     };
+    crate::open::open_pipelined(shared, &route.conn, open)
+        .await
+        .map_err(|e| open_error_page(shared, &e))
+}
+
+/// The page for a stream the agent could not open.
+fn open_error_page(shared: &Shared, e: &OpenError) -> Box<Response<Body>> {
     let timeout =
         |detail: &str| Box::new(page(StatusCode::GATEWAY_TIMEOUT, "Gateway timeout", detail));
     let bad_gateway = |detail: &str| Box::new(page(StatusCode::BAD_GATEWAY, "Bad gateway", detail));
-    crate::open::open_stream(shared, &route.conn, open)
-        .await
-        .map_err(|e| match e {
-            OpenError::Failed(e) if e.kind == StreamErrorKind::Timeout => {
-                timeout("The recorder did not answer in time.")
-            }
-            OpenError::Failed(e) => {
-                tracing::info!("target unavailable: {e}");
-                bad_gateway("The recorder is not accepting connections.")
-            }
-            OpenError::TimedOut => timeout(&format!(
-                "The recorder (or its agent) did not answer within {}.",
-                humantime::format_duration(shared.config.limits.connect_timeout)
-            )),
-            OpenError::Unreachable(e) => {
-                bad_gateway(&format!("The recorder's agent is unreachable ({e})."))
-            }
-            OpenError::Closed => bad_gateway("The recorder's agent closed the request."),
-        })
+    match e {
+        OpenError::Failed(e) if e.kind == StreamErrorKind::Timeout => {
+            timeout("The recorder did not answer in time.")
+        }
+        OpenError::Failed(e) => {
+            tracing::info!("target unavailable: {e}");
+            bad_gateway("The recorder is not accepting connections.")
+        }
+        OpenError::TimedOut => timeout(&format!(
+            "The recorder (or its agent) did not answer within {}.",
+            humantime::format_duration(shared.config.limits.connect_timeout)
+        )),
+        OpenError::Unreachable(e) => {
+            bad_gateway(&format!("The recorder's agent is unreachable ({e})."))
+        }
+        OpenError::Closed => bad_gateway("The recorder's agent closed the request."),
+    }
 }
 
 /// A new HTTP/1.1 connection to the target over a new agent stream.
@@ -453,7 +463,11 @@ async fn send_new(
     let mut sender = connect(shared, v, route).await?;
     match sender.send_request(req).await {
         Ok(r) => Ok((sender, r)),
-        Err(e) => Err(bad_gateway_closed(e)),
+        // The agent's reply to the pipelined open arrives as the response's first bytes.
+        Err(e) => Err(match OpenError::find(&e) {
+            Some(o) => open_error_page(shared, o),
+            None => bad_gateway_closed(e),
+        }),
     }
 }
 
