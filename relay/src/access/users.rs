@@ -144,7 +144,9 @@ impl FileStamp {
 pub(crate) struct UserStore {
     path: PathBuf,
     file: RwLock<Arc<UsersFile>>,
-    seen: Mutex<Option<FileStamp>>,
+    /// The file's stamp at the last load (`None` inside: it did not exist); `None`: never
+    /// loaded.
+    seen: Mutex<Option<Option<FileStamp>>>,
     /// Verified against when the user does not exist, so that costs the same as a wrong password.
     dummy: String,
 }
@@ -165,14 +167,19 @@ impl UserStore {
         let mtime = FileStamp::of(&self.path);
         {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == mtime && mtime.is_some() {
+            // A missing file stays missing without a reload (and a log line) every second.
+            if seen.as_ref() == Some(&mtime) {
                 return Ok(false);
             }
         }
         let file = UsersFile::load(&self.path)?;
-        tracing::info!(path = %self.path.display(), users = file.users.len(), "loaded users file");
+        if mtime.is_some() {
+            tracing::info!(path = %self.path.display(), users = file.users.len(), "loaded users file");
+        } else {
+            tracing::debug!(path = %self.path.display(), "no users file (yet): no edge logins");
+        }
         *self.file.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(file);
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = mtime;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(mtime);
         Ok(true)
     }
 
