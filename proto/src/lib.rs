@@ -34,6 +34,7 @@
 pub mod codes;
 pub mod control;
 pub mod datagram;
+pub mod dgram_stream;
 pub mod error;
 pub mod frame;
 pub mod proxy;
