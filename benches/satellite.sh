@@ -10,6 +10,8 @@
 # seconds from relay kill -9 to serving again. REPS runs each (default 3); medians printed as
 # a markdown table. TCP uses BBR in every namespace.
 #   bash benches/satellite.sh            (builds the release binary if needed)
+#   ONLY='bbr|fallback' REPS=1 bash benches/satellite.sh   (the direct row and the systems
+#                                        whose names match the regex: for quick checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=tests/netns/lib.sh
@@ -29,6 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 stop() { kill "$@" 2>/dev/null || true; wait "$@" 2>/dev/null || true; }
+want() { [ -z "${ONLY:-}" ] || [[ "$1" =~ $ONLY ]]; }
 
 ns_up
 for ns in "${NS_ALL[@]}"; do in_ns "$ns" sysctl -qw net.ipv4.tcp_congestion_control=bbr; done
@@ -107,7 +110,7 @@ wait_url 30 "http://10.99.2.2:8000" >/dev/null || { echo "direct path does not w
 measure "direct (port forward, no tunnel)" "http://10.99.2.2:8000"
 
 # rathole (TCP transport, plaintext)
-if [ -n "$RATHOLE" ]; then
+if [ -n "$RATHOLE" ] && want "rathole (tcp transport)"; then
   cat >"$WORK/rh-server.toml" <<TOML
 [server]
 bind_addr = "$VPS_UPLINK:2333"
@@ -141,6 +144,7 @@ fi
 # periscope
 RESTART=()
 run_periscope() { # run_periscope NAME CONGESTION TRANSPORT
+  want "$1" || return 0
   agent_conf "$2" "$3"
   ip netns exec "$NS_HOME" "$BIN" agent --config "$WORK/agent.toml" 2>>"$WORK/agent.log" &
   AGENT=$!; PIDS+=("$AGENT")

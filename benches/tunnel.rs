@@ -95,7 +95,29 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
     std::fs::File::create(dir.join(name)).unwrap()
 }
 
-fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<&str>) -> System {
+/// A Periscope setup that differs from the defaults (the row is named after it: relay and
+/// agent must really run with it).
+struct Variant {
+    name: &'static str,
+    /// Extra `[quic]` lines of relay.toml.
+    relay_quic: &'static str,
+    agent_args: &'static [&'static str],
+}
+
+const VARIANTS: &[Variant] = &[
+    Variant {
+        name: "periscope (QUIC, TLS 1.3, bbr)",
+        relay_quic: "",
+        agent_args: &[],
+    },
+    Variant {
+        name: "periscope, congestion=cubic",
+        relay_quic: "congestion = \"cubic\"\n",
+        agent_args: &["--congestion", "cubic"],
+    },
+];
+
+fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, variant: &Variant) -> System {
     let admin = free_port();
     let (quic, https, http, sink_port, echo_port) = (
         free_port(),
@@ -109,8 +131,9 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
         &cfg,
         format!(
             "domain = \"localhost\"\ndata_dir = \"{}\"\n[listen]\nhttps = \"127.0.0.1:{https}\"\nhttp = \"127.0.0.1:{http}\"\nadmin = \"127.0.0.1:{admin}\"\nquic = \"127.0.0.1:{quic}\"\ntunnels = \"127.0.0.1\"\n\
-             [limits]\nconnections_per_ip = 100000\nnew_connections_per_second = 0\n[[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
-            dir.join("data").display()
+             [limits]\nconnections_per_ip = 100000\nnew_connections_per_second = 0\n[quic]\n{}[[port_access]]\nports = \"1-65535\"\nmode = \"open\"\n",
+            dir.join("data").display(),
+            variant.relay_quic,
         ),
     )
     .unwrap();
@@ -148,17 +171,10 @@ fn periscope(dir: &Path, sink: SocketAddr, echo: SocketAddr, keep_alive: Option<
         "--tcp".to_string(),
         format!("echo={echo}:{echo_port}"),
     ];
-    if let Some(k) = keep_alive {
-        // The row is named after it: the agent must really run with it.
-        args.extend(["--keep-alive".to_string(), k.to_string()]);
-    }
+    args.extend(variant.agent_args.iter().map(|a| a.to_string()));
     let agent = spawn_agent(dir, quic, &fingerprint, &token, &args);
     System {
-        name: if keep_alive.is_some() {
-            "periscope, agent keep_alive=500ms"
-        } else {
-            "periscope (QUIC, TLS 1.3)"
-        },
+        name: variant.name,
         sink_port,
         echo_port,
         server: Some(relay),
@@ -396,10 +412,15 @@ fn main() {
         let (sink, echo) = targets().await;
         let mut rows = vec![measure("direct (no tunnel)", sink.port(), echo.port()).await];
         let mut systems: Vec<System> = Vec::new();
-        for keep_alive in [None, Some("500ms")] {
-            let pdir = dir.join(format!("periscope-{}", keep_alive.unwrap_or("default")));
+        // PERISCOPE_BENCH_VARIANTS=N measures the first N setups only.
+        let n = std::env::var("PERISCOPE_BENCH_VARIANTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(VARIANTS.len());
+        for (i, variant) in VARIANTS.iter().take(n).enumerate() {
+            let pdir = dir.join(format!("periscope-{i}"));
             std::fs::create_dir_all(&pdir).unwrap();
-            systems.push(periscope(&pdir, sink, echo, keep_alive));
+            systems.push(periscope(&pdir, sink, echo, variant));
         }
         if let Some(bin) = rathole_bin() {
             for noise in [false, true] {

@@ -116,6 +116,9 @@ pub struct AgentArgs {
     /// QUIC keep-alive interval (e.g. 2s): how fast a silently restarted relay is noticed.
     #[arg(long, env = "PERISCOPE_KEEP_ALIVE", value_parser = humantime::parse_duration)]
     pub keep_alive: Option<std::time::Duration>,
+    /// QUIC congestion controller for what the agent sends: cubic or bbr.
+    #[arg(long, env = "PERISCOPE_CONGESTION", value_parser = ["cubic", "bbr"])]
+    pub congestion: Option<String>,
     /// TCP tunnel NAME=HOST:PORT:REMOTEPORT, e.g. ssh=127.0.0.1:22:2222 (repeatable).
     #[arg(long = "tcp", value_name = "NAME=ADDR:REMOTEPORT")]
     pub tcp: Vec<String>,

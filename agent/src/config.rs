@@ -84,20 +84,11 @@ pub struct QuicConfig {
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// `cubic` or `bbr`.
-    #[serde(default)]
+    #[serde(default = "default_congestion")]
     pub congestion: Congestion,
 }
 
-/// Congestion controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Congestion {
-    /// CUBIC.
-    #[default]
-    Cubic,
-    /// BBR.
-    Bbr,
-}
+pub use proto::transport::quic::Congestion;
 
 fn default_keep_alive() -> Duration {
     proto::transport::quic::QuicSettings::agent().keep_alive
@@ -105,13 +96,16 @@ fn default_keep_alive() -> Duration {
 fn default_idle_timeout() -> Duration {
     proto::transport::quic::QuicSettings::agent().idle_timeout
 }
+fn default_congestion() -> Congestion {
+    proto::transport::quic::QuicSettings::agent().congestion
+}
 
 impl Default for QuicConfig {
     fn default() -> Self {
         QuicConfig {
             keep_alive: default_keep_alive(),
             idle_timeout: default_idle_timeout(),
-            congestion: Congestion::default(),
+            congestion: default_congestion(),
         }
     }
 }
@@ -130,10 +124,7 @@ impl QuicConfig {
         proto::transport::quic::QuicSettings {
             keep_alive: self.keep_alive,
             idle_timeout: self.idle_timeout,
-            congestion: match self.congestion {
-                Congestion::Cubic => proto::transport::quic::Congestion::Cubic,
-                Congestion::Bbr => proto::transport::quic::Congestion::Bbr,
-            },
+            congestion: self.congestion,
             ..proto::transport::quic::QuicSettings::agent()
         }
     }

@@ -469,6 +469,18 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         StreamsEnd::Moved(next, ctrl) => return Served::Moved { next, tasks, ctrl },
         StreamsEnd::Shutdown => None,
         StreamsEnd::Lost(e) => Some(e),
+        StreamsEnd::Unanswered(quiet) => {
+            tasks.close();
+            return Served::Ended(Ended::Lost {
+                cause: format!(
+                    "the relay stopped answering pings ({} ms without an answer, while its \
+                     packets still arrive: UDP toward the relay may be blocked)",
+                    quiet.as_millis()
+                ),
+                healthy: started.elapsed() >= HEALTHY,
+                replaced: false,
+            });
+        }
     };
     tasks.close();
     let st = conn.stats();
@@ -497,6 +509,8 @@ enum StreamsEnd {
     Shutdown,
     /// The connection ended.
     Lost(TransportError),
+    /// The relay stopped answering pings for this long; the connection is closed.
+    Unanswered(Duration),
     /// QUIC works again (auto mode on the TCP fallback): move to this connection. The old
     /// control stream stays open until the old session's streams are done (its end would
     /// end the old session on the relay at once).
@@ -522,6 +536,34 @@ async fn probe_quic(agent: &Agent) -> Dialled {
     }
 }
 
+/// Priority of the control stream's data over every data stream (quinn's default is 0).
+pub(crate) const CONTROL_PRIORITY: i32 = 100;
+
+/// Pings on the control stream that need the relay's answer. QUIC's keep-alives cannot tell
+/// when only our packets are lost (UDP blocked toward the relay): the relay's keep-alives
+/// still arrive and hold our idle timer open until the relay itself gives up, ~20 s.
+#[derive(Debug, Clone, Copy)]
+struct Heartbeat {
+    every: Duration,
+    floor: Duration,
+}
+
+impl Heartbeat {
+    /// A ping every quarter keep-alive; dead after three quarters without a pong (1.5 s by
+    /// default), or four round trips on a long link.
+    fn new(keep_alive: Duration) -> Self {
+        let every = (keep_alive / 4).max(Duration::from_millis(50));
+        Heartbeat {
+            every,
+            floor: every * 3,
+        }
+    }
+
+    fn deadline(&self, rtt: Duration) -> Duration {
+        self.floor.max(rtt * 4 + self.every)
+    }
+}
+
 /// Accept data streams until the connection ends, we shut down, or (with `probe`) QUIC
 /// works again.
 async fn serve_streams(
@@ -534,21 +576,18 @@ async fn serve_streams(
 ) -> StreamsEnd {
     // A block, so the control reader's borrow of `ctrl` ends with it.
     let next = {
-        // The control reader lives across loop iterations: read_frame is not cancel-safe.
-        let control = async {
+        // The control reader lives across loop iterations (read_frame is not cancel-safe)
+        // and hands what it reads to the loop, which does all the writing.
+        let (msgs_tx, mut msgs) = tokio::sync::mpsc::channel::<Control>(4);
+        let recv = &mut ctrl.recv;
+        let control = async move {
             loop {
-                match read_frame::<_, Control>(&mut ctrl.recv).await {
-                    Ok(Some(Control::GoAway(g))) => {
-                        tracing::info!(
-                        "relay is going away ({}); finishing open connections, then reconnecting",
-                        g.reason
-                    );
+                match read_frame::<_, Control>(recv).await {
+                    Ok(Some(m)) => {
+                        if msgs_tx.send(m).await.is_err() {
+                            break;
+                        }
                     }
-                    Ok(Some(Control::Ping(v))) => {
-                        let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
-                    }
-                    Ok(Some(Control::Pong(_))) => {}
-                    Ok(Some(other)) => tracing::debug!("ignoring control message {other:?}"),
                     // The connection itself ended: accept_bi reports why.
                     Ok(None) | Err(FrameError::Io(_)) => break,
                     Err(e) => {
@@ -561,6 +600,13 @@ async fn serve_streams(
             std::future::pending::<()>().await
         };
         tokio::pin!(control);
+        let ctrl_send = &mut ctrl.send;
+        ctrl_send.set_priority(CONTROL_PRIORITY);
+        let heartbeat = Heartbeat::new(agent.config.quic.keep_alive);
+        let mut ticker = tokio::time::interval(heartbeat.every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pong = Instant::now();
+        let mut pings = 0u64;
         let flows = Arc::new(udp::Flows::default());
         let mut datagrams = true;
         let probing = probe_quic(agent);
@@ -569,6 +615,28 @@ async fn serve_streams(
             tokio::select! {
                 _ = shutdown.cancelled() => return StreamsEnd::Shutdown,
                 _ = &mut control => {}
+                Some(m) = msgs.recv() => match m {
+                    Control::GoAway(g) => tracing::info!(
+                        "relay is going away ({}); finishing open connections, then reconnecting",
+                        g.reason
+                    ),
+                    Control::Ping(v) => {
+                        let _ = write_frame(&mut *ctrl_send, &Control::Pong(v)).await;
+                    }
+                    Control::Pong(_) => last_pong = Instant::now(),
+                    other => tracing::debug!("ignoring control message {other:?}"),
+                },
+                // QUIC only: the TLS+TCP fallback has its own pings, and a TCP send queue
+                // can hold a pong back longer than any fixed deadline.
+                _ = ticker.tick(), if conn.kind() == TransportKind::Quic => {
+                    let quiet = last_pong.elapsed();
+                    if quiet > heartbeat.deadline(conn.rtt()) {
+                        conn.close(codes::CLOSE_TIMEOUT, "relay stopped answering pings");
+                        return StreamsEnd::Unanswered(quiet);
+                    }
+                    pings += 1;
+                    let _ = write_frame(&mut *ctrl_send, &Control::Ping(pings)).await;
+                }
                 next = &mut probing, if probe => break next,
                 s = conn.accept_bi() => match s {
                     Ok(stream) => {

@@ -581,6 +581,9 @@ pub struct QuicConfig {
     /// Per-connection receive window in bytes.
     #[serde(default = "default_receive_window")]
     pub receive_window: u32,
+    /// Congestion controller for what the relay sends (uploads toward recorders).
+    #[serde(default = "default_congestion")]
+    pub congestion: proto::transport::quic::Congestion,
 }
 
 fn default_keep_alive() -> Duration {
@@ -595,6 +598,9 @@ fn default_stream_window() -> u32 {
 fn default_receive_window() -> u32 {
     proto::transport::quic::QuicSettings::relay().receive_window
 }
+fn default_congestion() -> proto::transport::quic::Congestion {
+    proto::transport::quic::QuicSettings::relay().congestion
+}
 
 impl Default for QuicConfig {
     fn default() -> Self {
@@ -603,6 +609,7 @@ impl Default for QuicConfig {
             idle_timeout: default_idle_timeout(),
             stream_window: default_stream_window(),
             receive_window: default_receive_window(),
+            congestion: default_congestion(),
         }
     }
 }
@@ -614,6 +621,7 @@ impl QuicConfig {
             idle_timeout: self.idle_timeout,
             stream_window: self.stream_window,
             receive_window: self.receive_window,
+            congestion: self.congestion,
             ..proto::transport::quic::QuicSettings::relay()
         }
     }

@@ -437,6 +437,8 @@ async fn run_session(
             }))
             .collect(),
     };
+    // Pongs go out ahead of bulk data: the agent calls the connection dead without them.
+    ctrl.send.set_priority(100);
     if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(welcome)).await {
         tracing::debug!("agent left before Welcome: {e}");
         release_routes(&shared, id);
@@ -530,7 +532,13 @@ async fn run_session(
                 tasks.close();
                 listeners.close();
                 let grace = shared.config.limits.shutdown_grace;
-                if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                let drained = tokio::time::timeout(grace, async {
+                    tokio::select! {
+                        _ = tasks.wait() => {}
+                        _ = answer_pings(&mut ctrl) => {}
+                    }
+                });
+                if drained.await.is_err() {
                     tracing::info!("cutting connections still open after the {grace:?} grace period");
                 }
                 conn.close(codes::CLOSE_SHUTDOWN, "relay shutting down");
@@ -547,6 +555,7 @@ async fn run_session(
                         listeners.wait().await;
                         tasks.wait().await;
                     } => {}
+                    _ = answer_pings(&mut ctrl) => {}
                     _ = conn.closed() => {}
                     _ = shutdown.cancelled() => {}
                     _ = tokio::time::sleep(REPLACE_DRAIN) => {
@@ -592,4 +601,15 @@ async fn run_session(
         tasks.wait().await;
     })
     .await;
+}
+
+/// While a session drains (shutdown, replaced): keep answering the agent's pings, or its
+/// heartbeat would cut the streams that are finishing. Never returns.
+async fn answer_pings(ctrl: &mut BiStream) {
+    while let Ok(Some(msg)) = read_frame::<_, Control>(&mut ctrl.recv).await {
+        if let Control::Ping(v) = msg {
+            let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
+        }
+    }
+    std::future::pending::<()>().await
 }

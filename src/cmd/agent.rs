@@ -82,6 +82,12 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(k) = args.keep_alive {
         cfg.quic.keep_alive = k;
     }
+    if let Some(c) = &args.congestion {
+        cfg.quic.congestion = match c.as_str() {
+            "bbr" => agent::config::Congestion::Bbr,
+            _ => agent::config::Congestion::Cubic,
+        };
+    }
     if let Some(s) = &args.server_name {
         cfg.server_name = Some(s.clone());
     }

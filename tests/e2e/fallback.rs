@@ -292,12 +292,28 @@ async fn quic_only_does_not_fall_back() {
     relay.stop().await;
 }
 
-/// A UDP forwarder in front of the relay's QUIC port that drops every packet until `on`.
-async fn udp_switch(relay: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
-    let on = Arc::new(AtomicBool::new(false));
+/// A UDP forwarder in front of the relay's QUIC port; each direction passes only while its
+/// flag is on (both start off).
+#[derive(Clone, Default)]
+struct UdpSwitch {
+    /// Agent → relay.
+    up: Arc<AtomicBool>,
+    /// Relay → agent.
+    down: Arc<AtomicBool>,
+}
+
+impl UdpSwitch {
+    fn set(&self, up: bool, down: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        self.down.store(down, Ordering::Relaxed);
+    }
+}
+
+async fn udp_switch(relay: SocketAddr) -> (SocketAddr, UdpSwitch) {
+    let switch = UdpSwitch::default();
     let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = front.local_addr().unwrap();
-    let flag = on.clone();
+    let (flag, down) = (switch.up.clone(), switch.down.clone());
     tokio::spawn(async move {
         let mut peers: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
             std::collections::HashMap::new();
@@ -314,7 +330,7 @@ async fn udp_switch(relay: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
                 None => {
                     let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                     u.connect(relay).await.unwrap();
-                    let (u2, front2, flag2) = (u.clone(), front.clone(), flag.clone());
+                    let (u2, front2, flag2) = (u.clone(), front.clone(), down.clone());
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 65536];
                         while let Ok(n) = u2.recv(&mut buf).await {
@@ -330,14 +346,14 @@ async fn udp_switch(relay: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
             let _ = up.send(&buf[..n]).await;
         }
     });
-    (addr, on)
+    (addr, switch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_moves_back_to_quic_when_it_works_again() {
     let relay = TestRelay::start().await;
     let (builder, port) = echo_agent(&relay, TransportChoice::Auto).await;
-    let (front, on) = udp_switch(relay.addr).await;
+    let (front, switch) = udp_switch(relay.addr).await;
     let mut agent = builder
         .configure(|c| {
             c.relay = front.to_string();
@@ -358,7 +374,7 @@ async fn auto_moves_back_to_quic_when_it_works_again() {
     held.write_all(b"a").await.unwrap();
     let mut one = [0u8; 1];
     held.read_exact(&mut one).await.unwrap();
-    on.store(true, Ordering::Relaxed);
+    switch.set(true, true);
     let s = agent
         .wait_for("moved to QUIC", |s| {
             transport_of(s) == Some(TransportKind::Quic)
@@ -382,6 +398,44 @@ async fn auto_moves_back_to_quic_when_it_works_again() {
         transport_of(&agent.status.borrow()),
         Some(TransportKind::Quic)
     );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// UDP lost toward the relay only: the relay's keep-alives still reach the agent and keep
+/// QUIC's idle timer open (it took ~20 s until the relay gave up); the agent's pings on the
+/// control stream go unanswered and it moves to the TCP fallback within seconds.
+// Single-threaded: the log capture sees this thread only.
+#[tokio::test]
+async fn one_way_udp_loss_under_a_connected_agent_moves_it_to_tcp() {
+    let logs = capture_logs();
+    let relay = TestRelay::start().await;
+    let (builder, port) = echo_agent(&relay, TransportChoice::Auto).await;
+    let (front, switch) = udp_switch(relay.addr).await;
+    switch.set(true, true);
+    let mut agent = builder
+        .configure(|c| c.relay = front.to_string())
+        .start()
+        .await;
+    let s = agent.connected().await;
+    assert_eq!(transport_of(&s), Some(TransportKind::Quic));
+    assert_eq!(roundtrip(port, b"quic").await, b"quic");
+    // Pings are answered while the path works: no reconnect on a healthy link.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(session_of(&agent.status.borrow()), session_of(&s));
+    switch.set(false, true);
+    let t0 = Instant::now();
+    agent
+        .wait_for("on the TCP fallback", |s| {
+            transport_of(s) == Some(TransportKind::Tcp)
+        })
+        .await;
+    let took = t0.elapsed();
+    eprintln!("one-way UDP block -> serving over TCP after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(roundtrip(port, b"tcp now").await, b"tcp now");
+    let text = logs.text();
+    assert!(text.contains("the relay stopped answering pings"), "{text}");
     agent.stop().await;
     relay.stop().await;
 }

@@ -183,6 +183,14 @@ impl SendStream {
         }
     }
 
+    /// Send this stream's data ahead of lower-priority streams (QUIC only; yamux has no
+    /// priorities). The control stream uses it so a ping never queues behind bulk data.
+    pub fn set_priority(&self, priority: i32) {
+        if let SendStream::Quic(s) = self {
+            let _ = s.set_priority(priority);
+        }
+    }
+
     /// Stream id, for logs.
     pub fn id(&self) -> u64 {
         match self {

@@ -12,13 +12,19 @@ use super::{
 };
 use crate::ALPN;
 
-/// Congestion controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Congestion controller (`cubic` or `bbr` in configs).
+///
+/// BBR is the default: it models the path instead of reading every loss as congestion, so
+/// random loss (Wi-Fi, LTE, satellite) does not collapse it. Measured at 600 ms RTT and 1 %
+/// loss (BENCHMARKS.md): BBR 22 Mbit/s, quinn's CUBIC 0.56 Mbit/s; on loopback both are
+/// equal within noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Congestion {
-    /// CUBIC (quinn's default; robust everywhere).
-    #[default]
+    /// CUBIC (quinn's own default).
     Cubic,
-    /// BBR (better on long, lossy links such as satellite).
+    /// BBR.
+    #[default]
     Bbr,
 }
 
@@ -55,7 +61,7 @@ impl QuicSettings {
             receive_window: 16 * 1024 * 1024,
             send_window: 16 * 1024 * 1024,
             max_incoming_streams: 4096,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
         }
     }
 
