@@ -423,6 +423,18 @@ pub(crate) mod tests_support {
     pub(crate) fn dev_cert(dir: &Path, host: &str) -> Cert {
         DevCa::load_or_create(dir).unwrap().issue(host).unwrap()
     }
+
+    /// A self-signed certificate for `cam.example.com` that expires `validity` from now.
+    pub(crate) fn short_cert(validity: Duration) -> Cert {
+        let mut params = rcgen::CertificateParams::new(vec!["cam.example.com".into()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + validity;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        Cert::from_der(vec![cert.der().clone()], key_der).unwrap()
+    }
 }
 
 #[cfg(test)]
