@@ -83,6 +83,45 @@ impl fmt::Debug for Cert {
     }
 }
 
+/// The `tls.cert` chain and `tls.key` key, checked to belong together. Every error names the
+/// setting and the file, so a wrong path or a key of another certificate is plain at start.
+pub(crate) fn load_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), RelayError> {
+    let bad = |setting: &str, path: &Path, msg: &dyn fmt::Display| {
+        RelayError::Config(format!("{setting} {}: {msg}", path.display()))
+    };
+    let data = std::fs::read(cert).map_err(|e| bad("tls.cert", cert, &e))?;
+    let chain = rustls_pemfile::certs(&mut &data[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("tls.cert", cert, &e))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| bad("tls.cert", cert, &"no PEM certificate in the file"))?;
+    not_after(first).map_err(|e| bad("tls.cert", cert, &e))?;
+    let data = std::fs::read(key).map_err(|e| bad("tls.key", key, &e))?;
+    let private = rustls_pemfile::private_key(&mut &data[..])
+        .map_err(|e| bad("tls.key", key, &e))?
+        .ok_or_else(|| bad("tls.key", key, &"no PEM private key in the file"))?;
+    let signer = proto::transport::quic::provider()
+        .key_provider
+        .load_private_key(private.clone_key())
+        .map_err(|e| bad("tls.key", key, &e))?;
+    let certified = CertifiedKey::new(chain.clone(), signer);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(RelayError::Config(format!(
+                "tls.key {} does not belong to the certificate in tls.cert {}",
+                key.display(),
+                cert.display()
+            )))
+        }
+    }
+    Ok((chain, private))
+}
+
 /// `notAfter` of a DER certificate.
 pub(crate) fn not_after(der: &[u8]) -> Result<SystemTime, RelayError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
