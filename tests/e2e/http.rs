@@ -86,7 +86,8 @@ async fn cam_over(transport: TransportChoice) -> (TestRelay, TestAgent, Nvr) {
 }
 
 /// A request for `path` on `host`: origin-form with a Host header for HTTP/1.1, absolute
-/// (`:authority`) for HTTP/2, with a forged `X-Forwarded-For`.
+/// (`:authority`) for HTTP/2, with a forged `X-Forwarded-For`, `X-Real-IP` and
+/// `X-Forwarded-Proto`.
 fn request(host: &str, h2: bool, method: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
     let b = Request::builder().method(method);
     let b = if h2 {
@@ -96,6 +97,7 @@ fn request(host: &str, h2: bool, method: &str, path: &str, body: Bytes) -> Reque
     };
     b.header("x-forwarded-for", "10.9.9.9")
         .header("x-real-ip", "10.9.9.9")
+        .header("x-forwarded-proto", "http")
         .body(Full::new(body))
         .unwrap()
 }
@@ -165,6 +167,9 @@ async fn get_with_forwarded_headers(transport: TransportChoice) {
             Some(&one(&format!("for=127.0.0.1;proto=https;host={HOST}")))
         );
         assert_eq!(s["host"], HOST, "{s}");
+        // Moonfire's check (X-Forwarded-Proto): the recorder knows the visitor is on https,
+        // whatever the visitor claimed.
+        assert_eq!(s["secure"], true, "{s}");
         assert!(
             !s.to_string().contains("10.9.9.9"),
             "visitor's own forwarding headers must not pass: {s}"
@@ -190,6 +195,8 @@ async fn forwarded_headers_off_strips_the_visitors_and_adds_none() {
             assert_eq!(header(&s, h), None, "{h}: {s}");
         }
         assert_eq!(s["host"], HOST);
+        // Nothing tells the plain-HTTP recorder about https (the visitor's claim is gone too).
+        assert_eq!(s["secure"], false, "{s}");
     }
     agent.stop().await;
     relay.stop().await;
@@ -266,12 +273,39 @@ async fn https_recorder_with_a_self_signed_certificate() {
     for h2 in [false, true] {
         let s = seen(&relay, h2).await;
         assert_eq!(s["host"], HOST, "{s}");
+        // Over TLS to the recorder: it sees no X-Forwarded-Proto lie either way.
+        assert_eq!(s["secure"], true, "{s}");
         let r = send(&relay, h2, "/self").await;
         assert_eq!(
             r.headers()["location"],
             format!("https://{HOST}:{}/doc/page.html", relay.https.port()).as_str(),
         );
     }
+    agent.stop().await;
+    relay.stop().await;
+    // The recorder saw the configured SNI on every handshake.
+    let snis = nvr.snis();
+    assert!(!snis.is_empty());
+    assert!(
+        snis.iter().all(|s| s.as_deref() == Some("nvr.lan")),
+        "SNI seen by the recorder: {snis:?}"
+    );
+    // Without target_sni the target is an address: no SNI at all (RFC 6066 forbids IPs there).
+    let (relay, agent) = publish(
+        nvr.addr,
+        |_| {},
+        |t| {
+            t.target_tls = Some(true);
+            t.target_tls_verify = Some(false);
+        },
+    )
+    .await;
+    assert_eq!(seen(&relay, false).await["host"], HOST);
+    let later = &nvr.snis()[snis.len()..];
+    assert!(
+        !later.is_empty() && later.iter().all(Option::is_none),
+        "{later:?}"
+    );
     agent.stop().await;
     relay.stop().await;
     // Verified against the web PKI: the self-signed certificate fails, the visitor gets a 502
@@ -719,5 +753,41 @@ async fn agent_offline_is_a_502_that_says_since_when() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+    relay.stop().await;
+}
+
+/// Server-sent events pass one by one: each event reaches the visitor before the recorder has
+/// written the next (no buffering for `text/event-stream`), over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let (relay, agent, nvr) = cam().await;
+    for h2 in [false, true] {
+        let before = nvr.events_written();
+        let r = send(&relay, h2, "/events?ms=1000&n=3").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = r.into_body();
+        let mut got = String::new();
+        for i in 1..=3u64 {
+            let want = format!("id: {i}\ndata: event {i}\n\n");
+            while !got.ends_with(&want) {
+                let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("h2={h2}: event {i} did not arrive: {got:?}"))
+                    .expect("stream ended")
+                    .unwrap();
+                if let Ok(d) = f.into_data() {
+                    got.push_str(std::str::from_utf8(&d).unwrap());
+                }
+            }
+            assert_eq!(
+                nvr.events_written() - before,
+                i,
+                "h2={h2}: event {i} arrived only after the recorder wrote the next"
+            );
+        }
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+    agent.stop().await;
     relay.stop().await;
 }
