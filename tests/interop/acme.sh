@@ -132,22 +132,27 @@ for _ in $(seq 100); do
 done
 curl -sS --cacert "$A/ca.pem" "https://127.0.0.1:$ACME2_MGMT/roots/0" >"$A/root-short.pem" \
   || fail "cannot fetch the short-lived pebble's root"
-HTTPS_R=$(free_port)
+# The same with tls-alpn-01 (the challenge certificate answers only acme-tls/1 handshakes
+# while visitors keep getting the current one).
+HTTPS_R=$(free_port); HTTP_RA=$(free_port)
 ACME_PORT=$ACME2 ROOT="$A/root-short.pem" TLS_EXTRA='acme_renew_before = "45s"' \
   acme_relay renew http-01 "$HTTPS_R" "$VA2_HTTP"
-# serial: the serial number of the certificate the relay serves for cam.renew.test.
+ACME_PORT=$ACME2 ROOT="$A/root-short.pem" TLS_EXTRA='acme_renew_before = "45s"' \
+  acme_relay renewalpn tls-alpn-01 "$VA2_TLS" "$HTTP_RA"
+# serial [NAME PORT]: the serial number of the certificate served for cam.NAME.test (default
+# the http-01 relay's).
 serial() {
-  openssl s_client -connect "127.0.0.1:$HTTPS_R" -servername cam.renew.test </dev/null 2>/dev/null \
-    | openssl x509 -noout -serial 2>/dev/null | cut -d= -f2 || true
+  openssl s_client -connect "127.0.0.1:${2:-$HTTPS_R}" -servername "cam.${1:-renew}.test" \
+    </dev/null 2>/dev/null | openssl x509 -noout -serial 2>/dev/null | cut -d= -f2 || true
 }
-# new_serial OLD SECONDS: until a serial other than OLD is served and curl verifies it; prints
-# the seconds waited.
+# new_serial OLD SECONDS [NAME PORT]: until a serial other than OLD is served and curl
+# verifies it; prints the seconds waited.
 new_serial() {
-  local t0 s; t0=$(date +%s)
+  local t0 s name=${3:-renew} port=${4:-$HTTPS_R}; t0=$(date +%s)
   while [ $(($(date +%s) - t0)) -lt "$2" ]; do
-    s=$(serial)
+    s=$(serial "$name" "$port")
     if [ -n "$s" ] && [ "$s" != "$1" ] \
-      && ROOT="$A/root-short.pem" wait_cert renew "$HTTPS_R" 5 >/dev/null; then
+      && ROOT="$A/root-short.pem" wait_cert "$name" "$port" 5 >/dev/null; then
       echo $(($(date +%s) - t0)); return 0
     fi
     sleep 0.5
@@ -157,6 +162,9 @@ new_serial() {
 ROOT="$A/root-short.pem" wait_cert renew "$HTTPS_R" 90 >/dev/null \
   || fail "no verified short-lived certificate within 90 s"
 S1=$(serial); [ -n "$S1" ] || fail "no serial served for cam.renew.test"
+ROOT="$A/root-short.pem" wait_cert renewalpn "$VA2_TLS" 30 >/dev/null \
+  || fail "no verified short-lived certificate by tls-alpn-01 within 30 s"
+A1=$(serial renewalpn "$VA2_TLS"); [ -n "$A1" ] || fail "no serial served for cam.renewalpn.test"
 left=$(openssl s_client -connect "127.0.0.1:$HTTPS_R" -servername cam.renew.test </dev/null 2>/dev/null \
   | openssl x509 -noout -checkend 61 >/dev/null && echo long || echo short)
 [ "$left" = short ] || fail "pebble did not issue a short-lived certificate (certificateValidityPeriod)"
@@ -182,3 +190,9 @@ T=$(new_serial "$S2" 40) || fail "certificate $S2 not renewed within 40 s after 
 kill -0 "$RELAY_renew" || fail "the relay is gone"
 [ "$(grep -c "relay ready" "$WORK/relay-renew.log")" = 1 ] || fail "the relay restarted"
 ok "ACME renewal failed while DNS was wrong: $S2 kept being served; renewed ${T} s after DNS came back, same relay process"
+T=$(new_serial "$A1" 40 renewalpn "$VA2_TLS") \
+  || fail "tls-alpn-01 certificate $A1 not renewed within 40 s"
+kill -0 "$RELAY_renewalpn" || fail "the tls-alpn-01 relay is gone"
+[ "$(grep -c "relay ready" "$WORK/relay-renewalpn.log")" = 1 ] || fail "the tls-alpn-01 relay restarted"
+n=$(grep -c "ACME certificate obtained.*cam.renewalpn.test" "$WORK/relay-renewalpn.log" || true)
+ok "ACME renewal by tls-alpn-01 while running: $A1 replaced, $n certificates for cam.renewalpn.test in one relay process"
