@@ -35,6 +35,8 @@ pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub(crate) struct Cert {
     pub(crate) key: Arc<CertifiedKey>,
     pub(crate) not_after: SystemTime,
+    /// `notAfter − notBefore` of the end-entity certificate.
+    pub(crate) lifetime: Duration,
 }
 
 impl Cert {
@@ -46,12 +48,13 @@ impl Cert {
         let first = chain
             .first()
             .ok_or_else(|| RelayError::Key("empty certificate chain".into()))?;
-        let not_after = not_after(first)?;
+        let (not_before, not_after) = validity(first)?;
         let key = CertifiedKey::from_der(chain, key, &proto::transport::quic::provider())
             .map_err(|e| RelayError::Key(format!("certificate and key: {e}")))?;
         Ok(Cert {
             key: Arc::new(key),
             not_after,
+            lifetime: not_after.duration_since(not_before).unwrap_or_default(),
         })
     }
 
@@ -99,7 +102,7 @@ pub(crate) fn load_files(
     let first = chain
         .first()
         .ok_or_else(|| bad("tls.cert", cert, &"no PEM certificate in the file"))?;
-    not_after(first).map_err(|e| bad("tls.cert", cert, &e))?;
+    validity(first).map_err(|e| bad("tls.cert", cert, &e))?;
     let data = std::fs::read(key).map_err(|e| bad("tls.key", key, &e))?;
     let private = rustls_pemfile::private_key(&mut &data[..])
         .map_err(|e| bad("tls.key", key, &e))?
@@ -122,12 +125,17 @@ pub(crate) fn load_files(
     Ok((chain, private))
 }
 
-/// `notAfter` of a DER certificate.
-pub(crate) fn not_after(der: &[u8]) -> Result<SystemTime, RelayError> {
+/// `notBefore` and `notAfter` of a DER certificate.
+pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), RelayError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| RelayError::Key(format!("unreadable certificate: {e}")))?;
-    let secs = cert.validity().not_after.timestamp();
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    Ok((
+        at(cert.validity().not_before),
+        at(cert.validity().not_after),
+    ))
 }
 
 /// The edge's certificates by hostname.
