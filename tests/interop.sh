@@ -4,7 +4,8 @@
 # agent started as separate processes, curl through the HTTPS edge (HTTP/1.1 and HTTP/2:
 # 100 MiB each way with sha256 checks, an endless MJPEG stream read with `curl -N`), kill -9 of
 # the relay, token revocation, the relay's graceful shutdown, the admin API, `periscope demo`
-# (and its page in headless Chromium), ACME with pebble (http-01, tls-alpn-01), coturn behind a
+# (and its page in headless Chromium), ACME with pebble (http-01, tls-alpn-01, renewal of
+# 60-second certificates in a running relay, a failed renewal keeping the old one), coturn behind a
 # udp tunnel (STUN binding, TURN allocation and relaying), the edge login in headless
 # Chromium, and emulated networks in namespaces (tests/netns/). Every wait is bounded; every process is stopped by PID.
 set -euo pipefail

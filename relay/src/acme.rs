@@ -1,10 +1,12 @@
 //! ACME (RFC 8555) with instant-acme: one certificate per hostname the relay serves, obtained
 //! by http-01 (the http listener) or tls-alpn-01 (the https listener), cached in
-//! `DATA_DIR/acme/HOST.pem` (0600) and renewed 30 days before expiry without a restart.
+//! `DATA_DIR/acme/HOST.pem` (0600) and renewed `tls.acme_renew_before` (30 days) before expiry
+//! without a restart: the loop sleeps until the earliest certificate is due (at most an hour).
 //!
 //! Failures never take a name down: the old certificate stays in use, and a failing name is
-//! retried with a growing delay (5 min × 3ⁿ, at most 6 h) so the CA's rate limits (5 failed
-//! validations per name per hour at Let's Encrypt) are never hit in a loop.
+//! retried with a growing delay (5 min × 3ⁿ, at most 6 h, and never more than a third of the
+//! time the old certificate has left) so the CA's rate limits (5 failed validations per name
+//! per hour at Let's Encrypt) are never hit in a loop.
 
 use std::{
     collections::HashMap,
@@ -31,10 +33,12 @@ use crate::{
     RelayError,
 };
 
-/// Renew when less than this is left (Let's Encrypt's advice for 90-day certificates).
-const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86400);
-/// How often names are re-checked when nothing else happens.
+/// How often names are re-checked at most when nothing is due sooner.
 const CHECK_EVERY: Duration = Duration::from_secs(3600);
+/// A due time is moved later by up to this share of the wait (and at most a minute), so that
+/// many relays (and restarts) do not renew in lockstep.
+const DUE_SPREAD: f64 = 0.05;
+const DUE_SPREAD_MAX: Duration = Duration::from_secs(60);
 /// One order may take this long before it counts as failed.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(180);
 const RETRY_FIRST: Duration = Duration::from_secs(300);
@@ -66,6 +70,7 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken)
     let mut account: Option<Account> = None;
     let mut retry: HashMap<String, (u32, Instant)> = HashMap::new();
     let mut account_retry = RETRY_FIRST / 5;
+    let renew_before = config.tls.acme_renew_before;
     loop {
         let mut next = Instant::now() + jitter(CHECK_EVERY);
         if account.is_none() {
@@ -84,7 +89,9 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken)
         }
         if let Some(acct) = &account {
             for host in store.wanted() {
-                if !due(store.get(&host).as_ref(), SystemTime::now()) {
+                let wait = due_in(store.get(&host).as_ref(), SystemTime::now(), renew_before);
+                if !wait.is_zero() {
+                    next = next.min(Instant::now() + spread(wait, rand::thread_rng().gen()));
                     continue;
                 }
                 if let Some((_, at)) = retry.get(&host) {
@@ -109,6 +116,8 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken)
                             valid_until = %humantime::format_rfc3339_seconds(cert.not_after),
                             "ACME certificate obtained"
                         );
+                        let wait = due_in(Some(&cert), SystemTime::now(), renew_before);
+                        next = next.min(Instant::now() + spread(wait, rand::thread_rng().gen()));
                         store.insert(&host, cert);
                         retry.remove(&host);
                         metrics
@@ -126,10 +135,13 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken)
                             })
                             .inc();
                         let failures = retry.get(&host).map_or(0, |r| r.0) + 1;
-                        let wait = RETRY_FIRST
-                            .saturating_mul(3u32.saturating_pow(failures - 1))
-                            .min(RETRY_MAX);
-                        let kept = if store.get(&host).is_some() {
+                        let current = store.get(&host);
+                        let wait = retry_in(
+                            failures,
+                            renew_before,
+                            current.as_ref().map(|c| c.remaining(SystemTime::now())),
+                        );
+                        let kept = if current.is_some() {
                             "the current certificate stays in use"
                         } else {
                             "visitors see the fallback certificate until then"
@@ -154,9 +166,44 @@ pub(crate) async fn run(shared: Arc<crate::Shared>, shutdown: CancellationToken)
     }
 }
 
-/// Does a name with certificate `cert` need an order now?
-fn due(cert: Option<&Cert>, now: SystemTime) -> bool {
-    cert.is_none_or(|c| c.remaining(now) <= RENEW_BEFORE)
+/// How long until a name with certificate `cert` needs an order: zero without a certificate
+/// or once less than `renew_before` is left. A certificate whose whole lifetime is shorter
+/// than `renew_before` (Let's Encrypt's 6-day certificates under the 30-day default) is
+/// renewed with a third of its lifetime left instead of being re-ordered in a loop.
+fn due_in(cert: Option<&Cert>, now: SystemTime, renew_before: Duration) -> Duration {
+    cert.map_or(Duration::ZERO, |c| {
+        let window = if renew_before < c.lifetime {
+            renew_before
+        } else {
+            c.lifetime / 3
+        };
+        c.remaining(now).saturating_sub(window)
+    })
+}
+
+/// The wait until a due time `wait` away, moved later by `r` (0..1) of the spread: still well
+/// inside the renewal window, never earlier than due.
+fn spread(wait: Duration, r: f64) -> Duration {
+    wait + wait
+        .mul_f64(DUE_SPREAD)
+        .min(DUE_SPREAD_MAX)
+        .mul_f64(r.clamp(0.0, 1.0))
+}
+
+/// The wait before attempt `failures + 1` for a name: 5 min × 3ⁿ⁻¹ (less when the renewal
+/// window is shorter than 40 min), at most 6 h, and at most a third of what the current
+/// certificate (`remaining`) has left, so several attempts fit before it expires.
+fn retry_in(failures: u32, renew_before: Duration, remaining: Option<Duration>) -> Duration {
+    let first = RETRY_FIRST
+        .min(renew_before / 8)
+        .max(Duration::from_secs(1));
+    let wait = first
+        .saturating_mul(3u32.saturating_pow(failures.saturating_sub(1)))
+        .min(RETRY_MAX);
+    match remaining {
+        Some(left) => wait.min((left / 3).max(first)),
+        None => wait,
+    }
 }
 
 /// ±10 % so that many relays (and restarts) do not renew in lockstep.
@@ -311,23 +358,97 @@ mod tests {
         }
     }
 
+    const DAY: Duration = Duration::from_secs(86400);
+
     #[test]
-    fn renewal_is_due_30_days_before_expiry() {
+    fn renewal_is_due_renew_before_expiry() {
         let ca = tempfile::tempdir().unwrap();
-        let store_cert = |days: u64| {
-            // A certificate issued now for 90 days, looked at `days` later.
-            let c = certs::tests_support::dev_cert(ca.path(), "cam.example.com");
-            (c, SystemTime::now() + Duration::from_secs(days * 86400))
-        };
-        assert!(due(None, SystemTime::now()));
-        let (c, at) = store_cert(0);
-        assert!(!due(Some(&c), at), "fresh");
-        let (c, at) = store_cert(59);
-        assert!(!due(Some(&c), at), "31 days left");
-        let (c, at) = store_cert(61);
-        assert!(due(Some(&c), at), "29 days left");
-        let (c, at) = store_cert(100);
-        assert!(due(Some(&c), at), "expired");
+        // A certificate issued now for 90 days, looked at `days` later.
+        let c = certs::tests_support::dev_cert(ca.path(), "cam.example.com");
+        let at = |days: u64| SystemTime::now() + DAY * days as u32;
+        let month = 30 * DAY;
+        assert_eq!(due_in(None, SystemTime::now(), month), Duration::ZERO);
+        let fresh = due_in(Some(&c), at(0), month);
+        assert!(fresh > 59 * DAY && fresh <= 60 * DAY, "fresh: {fresh:?}");
+        let left = due_in(Some(&c), at(59), month);
+        assert!(
+            left > Duration::ZERO && left <= DAY,
+            "31 days left: {left:?}"
+        );
+        assert_eq!(
+            due_in(Some(&c), at(61), month),
+            Duration::ZERO,
+            "29 days left"
+        );
+        assert_eq!(due_in(Some(&c), at(100), month), Duration::ZERO, "expired");
+        // A shorter window makes the same certificate due later.
+        let week = due_in(Some(&c), at(59), 7 * DAY);
+        assert!(week > 23 * DAY && week <= 24 * DAY, "{week:?}");
+    }
+
+    #[test]
+    fn certificates_shorter_than_the_window_renew_at_a_third_of_their_lifetime() {
+        // 6 days (+1 min of backdating) under the 30-day default: due after 4 days, not now.
+        let c = certs::tests_support::short_cert(6 * DAY);
+        let wait = due_in(Some(&c), SystemTime::now(), 30 * DAY);
+        let four = 4 * DAY;
+        assert!(
+            wait > four - Duration::from_secs(120) && wait <= four,
+            "{wait:?}"
+        );
+        // A window just inside the lifetime is honoured as configured.
+        let wait = due_in(Some(&c), SystemTime::now(), 5 * DAY);
+        assert!(
+            wait > DAY - Duration::from_secs(60) && wait <= DAY,
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn a_short_lived_certificate_wakes_the_loop_when_due() {
+        // A 60 s certificate renewed 45 s before expiry: due after 15 s, not after CHECK_EVERY.
+        let c = certs::tests_support::short_cert(Duration::from_secs(60));
+        let now = SystemTime::now();
+        let wait = due_in(Some(&c), now, Duration::from_secs(45));
+        assert!(
+            wait > Duration::from_secs(13) && wait <= Duration::from_secs(15),
+            "{wait:?}"
+        );
+        assert_eq!(spread(wait, 0.0), wait, "never before it is due");
+        let late = spread(wait, 1.0);
+        // At most 5 % later: under 0.75 s for a 15 s wait.
+        assert!(
+            late > wait && late <= wait + Duration::from_millis(751),
+            "{late:?}"
+        );
+        // Spread stays under a minute for long waits.
+        assert_eq!(spread(60 * DAY, 1.0), 60 * DAY + DUE_SPREAD_MAX);
+        assert_eq!(spread(60 * DAY, 7.0), 60 * DAY + DUE_SPREAD_MAX, "clamped");
+    }
+
+    #[test]
+    fn failed_orders_back_off_within_what_the_old_certificate_has_left() {
+        let month = 30 * DAY;
+        let m = |s: u64| Duration::from_secs(s * 60);
+        // Let's Encrypt-sized window: 5 min, 15 min, 45 min, … at most 6 h.
+        let waits: Vec<_> = (1..=6).map(|n| retry_in(n, month, Some(month))).collect();
+        assert_eq!(
+            waits,
+            [m(5), m(15), m(45), m(135), m(360), m(360)],
+            "backoff"
+        );
+        assert_eq!(retry_in(40, month, None), m(360), "no overflow");
+        // Close to expiry the wait shrinks to a third of what is left (not below the first).
+        assert_eq!(retry_in(5, month, Some(m(90))), m(30));
+        assert_eq!(retry_in(5, month, Some(Duration::ZERO)), m(5));
+        // A 45 s window retries within seconds, so a short-lived certificate is renewed in time.
+        let short = Duration::from_secs(45);
+        let first = retry_in(1, short, Some(short));
+        assert!(first >= Duration::from_secs(5) && first <= Duration::from_secs(6));
+        assert_eq!(
+            retry_in(3, short, Some(Duration::from_secs(30))),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

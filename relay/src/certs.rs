@@ -35,6 +35,8 @@ pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub(crate) struct Cert {
     pub(crate) key: Arc<CertifiedKey>,
     pub(crate) not_after: SystemTime,
+    /// `notAfter − notBefore` of the end-entity certificate.
+    pub(crate) lifetime: Duration,
 }
 
 impl Cert {
@@ -46,12 +48,13 @@ impl Cert {
         let first = chain
             .first()
             .ok_or_else(|| RelayError::Key("empty certificate chain".into()))?;
-        let not_after = not_after(first)?;
+        let (not_before, not_after) = validity(first)?;
         let key = CertifiedKey::from_der(chain, key, &proto::transport::quic::provider())
             .map_err(|e| RelayError::Key(format!("certificate and key: {e}")))?;
         Ok(Cert {
             key: Arc::new(key),
             not_after,
+            lifetime: not_after.duration_since(not_before).unwrap_or_default(),
         })
     }
 
@@ -83,12 +86,56 @@ impl fmt::Debug for Cert {
     }
 }
 
-/// `notAfter` of a DER certificate.
-pub(crate) fn not_after(der: &[u8]) -> Result<SystemTime, RelayError> {
+/// The `tls.cert` chain and `tls.key` key, checked to belong together. Every error names the
+/// setting and the file, so a wrong path or a key of another certificate is plain at start.
+pub(crate) fn load_files(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), RelayError> {
+    let bad = |setting: &str, path: &Path, msg: &dyn fmt::Display| {
+        RelayError::Config(format!("{setting} {}: {msg}", path.display()))
+    };
+    let data = std::fs::read(cert).map_err(|e| bad("tls.cert", cert, &e))?;
+    let chain = rustls_pemfile::certs(&mut &data[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("tls.cert", cert, &e))?;
+    let first = chain
+        .first()
+        .ok_or_else(|| bad("tls.cert", cert, &"no PEM certificate in the file"))?;
+    validity(first).map_err(|e| bad("tls.cert", cert, &e))?;
+    let data = std::fs::read(key).map_err(|e| bad("tls.key", key, &e))?;
+    let private = rustls_pemfile::private_key(&mut &data[..])
+        .map_err(|e| bad("tls.key", key, &e))?
+        .ok_or_else(|| bad("tls.key", key, &"no PEM private key in the file"))?;
+    let signer = proto::transport::quic::provider()
+        .key_provider
+        .load_private_key(private.clone_key())
+        .map_err(|e| bad("tls.key", key, &e))?;
+    let certified = CertifiedKey::new(chain.clone(), signer);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(RelayError::Config(format!(
+                "tls.key {} does not belong to the certificate in tls.cert {}",
+                key.display(),
+                cert.display()
+            )))
+        }
+    }
+    Ok((chain, private))
+}
+
+/// `notBefore` and `notAfter` of a DER certificate.
+pub(crate) fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), RelayError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| RelayError::Key(format!("unreadable certificate: {e}")))?;
-    let secs = cert.validity().not_after.timestamp();
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
+    Ok((
+        at(cert.validity().not_before),
+        at(cert.validity().not_after),
+    ))
 }
 
 /// The edge's certificates by hostname.
@@ -422,6 +469,18 @@ pub(crate) mod tests_support {
     /// A 90-day certificate for `host` from a development CA kept in `dir`.
     pub(crate) fn dev_cert(dir: &Path, host: &str) -> Cert {
         DevCa::load_or_create(dir).unwrap().issue(host).unwrap()
+    }
+
+    /// A self-signed certificate for `cam.example.com` that expires `validity` from now.
+    pub(crate) fn short_cert(validity: Duration) -> Cert {
+        let mut params = rcgen::CertificateParams::new(vec!["cam.example.com".into()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + validity;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        Cert::from_der(vec![cert.der().clone()], key_der).unwrap()
     }
 }
 

@@ -250,6 +250,9 @@ pub struct TlsConfig {
     /// `http-01` (needs the http listener reachable on port 80) or `tls-alpn-01` (port 443 only).
     #[serde(default)]
     pub acme_challenge: AcmeChallenge,
+    /// Renew an ACME certificate when less than this is left before it expires.
+    #[serde(default = "default_acme_renew_before", with = "humantime_serde")]
+    pub acme_renew_before: Duration,
     /// Send `Strict-Transport-Security` on https responses.
     #[serde(default = "default_true")]
     pub hsts: bool,
@@ -273,6 +276,9 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 fn default_acme_directory() -> String {
     LETS_ENCRYPT.into()
 }
+fn default_acme_renew_before() -> Duration {
+    Duration::from_secs(30 * 86400)
+}
 fn default_true() -> bool {
     true
 }
@@ -286,6 +292,7 @@ impl Default for TlsConfig {
             acme_directory: default_acme_directory(),
             acme_ca_file: None,
             acme_challenge: AcmeChallenge::default(),
+            acme_renew_before: default_acme_renew_before(),
             hsts: true,
         }
     }
@@ -695,6 +702,12 @@ impl RelayConfig {
             || self.tls.acme_directory.starts_with("http://"))
         {
             return bad("tls.acme_directory", "must be an http(s) URL");
+        }
+        if self.tls.acme_renew_before.is_zero() {
+            return bad(
+                "tls.acme_renew_before",
+                "must be above zero (how long before expiry a certificate is renewed)",
+            );
         }
         if self.quic.keep_alive >= self.quic.idle_timeout {
             return bad("quic.keep_alive", "must be shorter than quic.idle_timeout");

@@ -161,7 +161,7 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<Vec<u8>, RelayError> {
 pub fn load(config: &RelayConfig) -> Result<Identity, RelayError> {
     ensure_data_dir(&config.data_dir)?;
     let (certs, key) = match (&config.tls.cert, &config.tls.key) {
-        (Some(c), Some(k)) => (read_pem_certs(c)?, read_pem_key(k)?),
+        (Some(c), Some(k)) => crate::certs::load_files(c, k)?,
         _ => self_signed(config)?,
     };
     let fingerprint = fingerprint(&certs[0]);

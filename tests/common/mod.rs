@@ -220,6 +220,23 @@ impl TestRelay {
         .0
     }
 
+    /// A token for `agent` allowing exactly the hostnames `hosts`, valid for an hour.
+    pub fn token_hosts(&self, agent: &str, hosts: &[&str]) -> String {
+        self.keys
+            .issue(
+                &IssueRequest {
+                    agent: agent.into(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                    tcp_ports: vec![],
+                    udp_ports: vec![],
+                    ttl: Duration::from_secs(3600),
+                },
+                SystemTime::now(),
+            )
+            .expect("issue token")
+            .0
+    }
+
     /// A token for `agent` allowing `tcp_ports` and `udp_ports`, valid for an hour.
     pub fn token_udp(&self, agent: &str, tcp_ports: &[u16], udp_ports: &[u16]) -> String {
         self.token_full(

@@ -9,9 +9,10 @@
 //! | `/self` | 302 to `http://ADDR/doc/page.html` (its own address), with `Content-Location` and `Refresh` the same way |
 //! | `/host` | 302 to `http://HOST/doc/page.html`, HOST from the request's `Host` |
 //! | `/headers` | the request headers as the recorder sees them, `name: value` per line |
-//! | `/api/request` | JSON `{client_ip, host, headers: {name: [values]}}` as the recorder sees them |
+//! | `/api/request` | JSON `{client_ip, host, secure, headers: {name: [values]}}` as the recorder sees them; `secure` is Moonfire's check: `X-Forwarded-Proto` is `https` (without that header: whether the connection itself is TLS) |
 //! | `/mjpeg?fps=N&size=B` | endless `multipart/x-mixed-replace` of B-byte JPEG frames at N per second |
 //! | `/stream` | `frame-1`, then `frame-2` only after [`Nvr::release`] fires |
+//! | `/events?ms=N&n=K` | server-sent events (`text/event-stream`): `id: I` / `data: event I`, one every N ms, K of them (default endless); [`Nvr::events_written`] counts them |
 //! | `/slow?ms=N` | the response head after N ms |
 //! | `/upload` (POST) | `LEN SHA256HEX` of the request body |
 //! | `/download?bytes=N` | N bytes of [`pattern`], `x-sha256` header with its checksum |
@@ -64,6 +65,12 @@ struct State {
     mjpeg_sent: AtomicU64,
     /// TCP connections accepted so far.
     connections: AtomicU64,
+    /// Whether connections are TLS.
+    tls: bool,
+    /// The SNI of every TLS handshake so far (`None`: the client sent none).
+    snis: std::sync::Mutex<Vec<Option<String>>>,
+    /// Server-sent events handed to the connection so far (all `/events` responses).
+    events_written: AtomicU64,
 }
 
 impl Nvr {
@@ -106,6 +113,9 @@ impl Nvr {
             release: Notify::new(),
             mjpeg_sent: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            tls: tls.is_some(),
+            snis: std::sync::Mutex::new(Vec::new()),
+            events_written: AtomicU64::new(0),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -117,6 +127,8 @@ impl Nvr {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(s).await {
+                                let sni = s.get_ref().1.server_name().map(str::to_string);
+                                st.snis.lock().expect("snis").push(sni);
                                 serve_http(st, s, peer).await;
                             }
                         }
@@ -131,6 +143,16 @@ impl Nvr {
     /// Let `/stream` send its second frame.
     pub fn release(&self) {
         self.state.release.notify_one();
+    }
+
+    /// The SNI of each TLS handshake the recorder has accepted so far, in order.
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.state.snis.lock().expect("snis").clone()
+    }
+
+    /// Server-sent events the recorder has written so far.
+    pub fn events_written(&self) -> u64 {
+        self.state.events_written.load(Ordering::SeqCst)
     }
 
     /// MJPEG bytes the recorder has written so far.
@@ -251,9 +273,15 @@ async fn route(st: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>) -> 
                 .headers()
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok());
+            // Moonfire NVR (with --trust-forward-hdrs) decides "secure" from X-Forwarded-Proto.
+            let secure = match req.headers().get("x-forwarded-proto") {
+                Some(p) => p.as_bytes().eq_ignore_ascii_case(b"https"),
+                None => st.tls,
+            };
             let json = serde_json::json!({
                 "client_ip": peer.ip().to_string(),
                 "host": host,
+                "secure": secure,
                 "headers": headers,
             });
             respond(
@@ -308,6 +336,32 @@ async fn route(st: Arc<State>, peer: SocketAddr, mut req: Request<Incoming>) -> 
                 let _ = tx.send_data("frame-2\n".into()).await;
             });
             Response::new(body.boxed())
+        }
+        "/events" => {
+            let ms = query(&req, "ms").unwrap_or(500).max(1);
+            let n = query(&req, "n").unwrap_or(u64::MAX);
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(ms));
+                for i in 1..=n {
+                    tick.tick().await;
+                    let event = format!("id: {i}\ndata: event {i}\n\n");
+                    // Counted before it is handed on: a reader holding event I knows whether
+                    // event I + 1 has been written yet.
+                    st.events_written.fetch_add(1, Ordering::SeqCst);
+                    if tx.send_data(event.into()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            respond(
+                StatusCode::OK,
+                &[
+                    ("content-type", "text/event-stream".into()),
+                    ("cache-control", "no-cache".into()),
+                ],
+                body.boxed(),
+            )
         }
         "/slow" => {
             let ms = query(&req, "ms").unwrap_or(1000);

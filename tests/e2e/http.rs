@@ -86,7 +86,8 @@ async fn cam_over(transport: TransportChoice) -> (TestRelay, TestAgent, Nvr) {
 }
 
 /// A request for `path` on `host`: origin-form with a Host header for HTTP/1.1, absolute
-/// (`:authority`) for HTTP/2, with a forged `X-Forwarded-For`.
+/// (`:authority`) for HTTP/2, with a forged `X-Forwarded-For`, `X-Real-IP` and
+/// `X-Forwarded-Proto`.
 fn request(host: &str, h2: bool, method: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
     let b = Request::builder().method(method);
     let b = if h2 {
@@ -96,6 +97,7 @@ fn request(host: &str, h2: bool, method: &str, path: &str, body: Bytes) -> Reque
     };
     b.header("x-forwarded-for", "10.9.9.9")
         .header("x-real-ip", "10.9.9.9")
+        .header("x-forwarded-proto", "http")
         .body(Full::new(body))
         .unwrap()
 }
@@ -165,6 +167,9 @@ async fn get_with_forwarded_headers(transport: TransportChoice) {
             Some(&one(&format!("for=127.0.0.1;proto=https;host={HOST}")))
         );
         assert_eq!(s["host"], HOST, "{s}");
+        // Moonfire's check (X-Forwarded-Proto): the recorder knows the visitor is on https,
+        // whatever the visitor claimed.
+        assert_eq!(s["secure"], true, "{s}");
         assert!(
             !s.to_string().contains("10.9.9.9"),
             "visitor's own forwarding headers must not pass: {s}"
@@ -190,6 +195,8 @@ async fn forwarded_headers_off_strips_the_visitors_and_adds_none() {
             assert_eq!(header(&s, h), None, "{h}: {s}");
         }
         assert_eq!(s["host"], HOST);
+        // Nothing tells the plain-HTTP recorder about https (the visitor's claim is gone too).
+        assert_eq!(s["secure"], false, "{s}");
     }
     agent.stop().await;
     relay.stop().await;
@@ -266,12 +273,39 @@ async fn https_recorder_with_a_self_signed_certificate() {
     for h2 in [false, true] {
         let s = seen(&relay, h2).await;
         assert_eq!(s["host"], HOST, "{s}");
+        // Over TLS to the recorder: it sees no X-Forwarded-Proto lie either way.
+        assert_eq!(s["secure"], true, "{s}");
         let r = send(&relay, h2, "/self").await;
         assert_eq!(
             r.headers()["location"],
             format!("https://{HOST}:{}/doc/page.html", relay.https.port()).as_str(),
         );
     }
+    agent.stop().await;
+    relay.stop().await;
+    // The recorder saw the configured SNI on every handshake.
+    let snis = nvr.snis();
+    assert!(!snis.is_empty());
+    assert!(
+        snis.iter().all(|s| s.as_deref() == Some("nvr.lan")),
+        "SNI seen by the recorder: {snis:?}"
+    );
+    // Without target_sni the target is an address: no SNI at all (RFC 6066 forbids IPs there).
+    let (relay, agent) = publish(
+        nvr.addr,
+        |_| {},
+        |t| {
+            t.target_tls = Some(true);
+            t.target_tls_verify = Some(false);
+        },
+    )
+    .await;
+    assert_eq!(seen(&relay, false).await["host"], HOST);
+    let later = &nvr.snis()[snis.len()..];
+    assert!(
+        !later.is_empty() && later.iter().all(Option::is_none),
+        "{later:?}"
+    );
     agent.stop().await;
     relay.stop().await;
     // Verified against the web PKI: the self-signed certificate fails, the visitor gets a 502
@@ -722,5 +756,306 @@ async fn agent_offline_is_a_502_that_says_since_when() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, StatusCode::BAD_GATEWAY);
+    relay.stop().await;
+}
+
+/// An HTTP/2 connection to the edge with SNI `sni`: one `SendRequest` for many requests.
+async fn h2_connection(
+    relay: &TestRelay,
+    sni: &str,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tls = tls_connect(relay, sni, b"h2").await;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// HTTP/2 lets a client reuse one connection for several names (coalescing). The edge checks
+/// each request's `:authority` against the connection's SNI, so a second request on the same
+/// connection for another *routed and public* hostname is a 421, not a way around the SNI,
+/// and the connection keeps serving its own name.
+#[tokio::test]
+async fn http2_authority_is_checked_per_request_not_per_connection() {
+    const NVR2: &str = "nvr.relay.localhost";
+    let nvr = Nvr::start().await;
+    let relay = public_relay_with(|c| c.access.push(relay::config::AccessRule::public(NVR2))).await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token_hosts("cam", &[HOST, NVR2]))
+        .http("cam", nvr.addr)
+        .http("nvr", nvr.addr)
+        .start()
+        .await;
+    agent.connected().await;
+    let mut h2 = h2_connection(&relay, HOST).await;
+    let mut ask = async |authority: &str| {
+        let req = request(authority, true, "GET", "/api/request", Bytes::new());
+        let r = h2.send_request(req).await.unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        let status = r.status();
+        (status, text(r).await)
+    };
+    let (status, body) = ask(HOST).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = ask(NVR2).await;
+    assert_eq!(
+        status,
+        StatusCode::MISDIRECTED_REQUEST,
+        "second request, other authority on the same connection: {body}"
+    );
+    assert!(!body.contains("client_ip"), "reached the recorder: {body}");
+    let (status, _) = ask(HOST).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the connection still serves its own name"
+    );
+    // The other name is routed: on a connection of its own it answers.
+    let mut other = h2_connection(&relay, NVR2).await;
+    let r = other
+        .send_request(request(NVR2, true, "GET", "/api/request", Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// An http tunnel with an explicit `hostname` (outside `NAME.DOMAIN`, with case and a
+/// trailing dot to normalise) is routed when the token's `hosts` allow it; a token that does
+/// not allow it gets the agent refused with a reason naming the hostname, and nothing is
+/// routed there.
+#[tokio::test]
+async fn explicit_hostnames_are_routed_only_when_the_token_allows_them() {
+    const NAME: &str = "cameras.home.test";
+    let nvr = Nvr::start().await;
+    let relay = public_relay_with(|c| c.access.push(relay::config::AccessRule::public(NAME))).await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token_hosts("cam", &["*.home.test"]))
+        .http("cam", nvr.addr)
+        .tunnel(|t| t.hostname = Some("Cameras.Home.Test.".into()))
+        .start()
+        .await;
+    let agent::Status::Connected { public, .. } = agent.connected().await else {
+        unreachable!()
+    };
+    assert_eq!(
+        public[0].1,
+        format!("https://{NAME}:{}", relay.https.port())
+    );
+    let r = https_request(&relay, NAME, true, get(NAME, "/api/request")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let s: serde_json::Value = serde_json::from_str(&text(r).await).unwrap();
+    assert_eq!(s["host"], NAME);
+    // Not also published under NAME.DOMAIN.
+    let r = https_request(&relay, HOST, false, get(HOST, "/")).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    agent.stop().await;
+    relay.stop().await;
+
+    // The token allows only cam.relay.localhost: the explicit hostname is refused.
+    let relay = public_relay_with(|c| c.access.push(relay::config::AccessRule::public(NAME))).await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", nvr.addr)
+        .tunnel(|t| t.hostname = Some(NAME.into()))
+        .start()
+        .await;
+    let s = agent
+        .wait_for("rejected", |s| matches!(s, agent::Status::Rejected { .. }))
+        .await;
+    let agent::Status::Rejected { reason, detail } = s else {
+        unreachable!()
+    };
+    assert_eq!(reason, proto::RejectReason::HostnameNotAllowed);
+    assert!(
+        detail.contains(NAME) && detail.contains("not in the token"),
+        "{detail}"
+    );
+    // Nothing claimed the name: the development CA signed nothing for it (the relay answers
+    // with its own self-signed certificate, which a client trusting the CA refuses), unlike
+    // the routed case above.
+    let err = tls_handshake_error(&relay, NAME).await;
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// A TLS handshake with the edge for `sni`, trusting the development CA, that must fail; why.
+async fn tls_handshake_error(relay: &TestRelay, sni: &str) -> String {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(relay.data_dir().join("dev-ca.crt")).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            pem::parse(pem).unwrap().into_contents(),
+        ))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(relay.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+    {
+        Ok(_) => panic!("{sni}: the relay has a certificate for it"),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// Send raw bytes on `stream`, return what comes back until the peer closes (5 s at most).
+async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    bytes: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// Two Host headers (different, or the same twice) written by hand on a real TLS connection
+/// to the edge, and on the plain-HTTP listener, are a 400: never routed, never redirected.
+#[tokio::test]
+async fn duplicate_host_headers_are_refused() {
+    let (relay, agent, _nvr) = cam().await;
+    for second in ["other.relay.localhost", HOST] {
+        let head = format!(
+            "GET /api/request HTTP/1.1\r\nHost: {HOST}\r\nHost: {second}\r\nConnection: close\r\n\r\n"
+        );
+        let tls = tls_connect(&relay, HOST, b"http/1.1").await;
+        let r = raw_exchange(tls, head.as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400"),
+            "https, Host twice ({second}): {r}"
+        );
+        assert!(!r.contains("client_ip"), "{r}");
+        let tcp = tokio::net::TcpStream::connect(relay.http).await.unwrap();
+        let r = raw_exchange(tcp, head.as_bytes()).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400"),
+            "http, Host twice ({second}): {r}"
+        );
+        assert!(!r.to_ascii_lowercase().contains("location:"), "{r}");
+    }
+    // The same request with one Host header is fine.
+    let head = format!("GET /api/request HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let r = raw_exchange(
+        tls_connect(&relay, HOST, b"http/1.1").await,
+        head.as_bytes(),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("client_ip"),
+        "{r}"
+    );
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// A 16-camera grid over HTTP/2: 16 endless MJPEG streams at once on ONE connection (HTTP/1.1
+/// browsers stop at 6 per host), every tile receiving frames.
+#[tokio::test]
+async fn sixteen_mjpeg_tiles_on_one_http2_connection() {
+    let (relay, agent, nvr) = cam().await;
+    let h2 = h2_connection(&relay, HOST).await;
+    let boundary = format!("--{}\r\n", nvr::BOUNDARY);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<usize>(16);
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut tiles = Vec::new();
+    for tile in 0..16 {
+        let mut h2 = h2.clone();
+        let tx = tx.clone();
+        let boundary = boundary.clone();
+        let release = release.clone();
+        tiles.push(tokio::spawn(async move {
+            let req = request(HOST, true, "GET", "/mjpeg?fps=20&size=4096", Bytes::new());
+            let r = h2.send_request(req).await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "tile {tile}");
+            let mut body = r.into_body();
+            let mut got = Vec::new();
+            // Five frames each, then keep the stream open until every tile has them.
+            while got
+                .windows(boundary.len())
+                .filter(|w| *w == boundary.as_bytes())
+                .count()
+                < 5
+            {
+                let f = body.frame().await.expect("stream ended").unwrap();
+                if let Ok(d) = f.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+            tx.send(tile).await.unwrap();
+            release.notified().await;
+            drop(body);
+        }));
+    }
+    drop(tx);
+    let mut done = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while done.len() < 16 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(t)) => {
+                done.insert(t);
+            }
+            _ => panic!("only tiles {done:?} received 5 frames within 15 s"),
+        }
+    }
+    // All 16 streams were open at once on the one connection.
+    assert!(
+        nvr.connections() >= 16,
+        "recorder connections: {}",
+        nvr.connections()
+    );
+    release.notify_waiters();
+    for t in tiles {
+        t.await.unwrap();
+    }
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// Server-sent events pass one by one: each event reaches the visitor before the recorder has
+/// written the next (no buffering for `text/event-stream`), over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let (relay, agent, nvr) = cam().await;
+    for h2 in [false, true] {
+        let before = nvr.events_written();
+        let r = send(&relay, h2, "/events?ms=1000&n=3").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let mut body = r.into_body();
+        let mut got = String::new();
+        for i in 1..=3u64 {
+            let want = format!("id: {i}\ndata: event {i}\n\n");
+            while !got.ends_with(&want) {
+                let f = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                    .await
+                    .unwrap_or_else(|_| panic!("h2={h2}: event {i} did not arrive: {got:?}"))
+                    .expect("stream ended")
+                    .unwrap();
+                if let Ok(d) = f.into_data() {
+                    got.push_str(std::str::from_utf8(&d).unwrap());
+                }
+            }
+            assert_eq!(
+                nvr.events_written() - before,
+                i,
+                "h2={h2}: event {i} arrived only after the recorder wrote the next"
+            );
+        }
+        assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    }
+    agent.stop().await;
     relay.stop().await;
 }
