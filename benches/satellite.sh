@@ -49,7 +49,7 @@ echo "hello from home" >"$WORK/www/hello.txt"
 ip netns exec "$NS_HOME" python3 tests/interop/recorder.py 8000 "$WORK/www" 0.0.0.0 >"$WORK/web.log" 2>&1 &
 PIDS+=($!)
 
-ns_start_relay || { echo "relay printed no fingerprint" >&2; exit 1; }
+ns_start_relay "${RELAY_EXTRA:-}" || { echo "relay printed no fingerprint" >&2; exit 1; }
 "$BIN" token issue --config "$WORK/relay.toml" --agent home --host cam.relay.test --ttl 1h >"$WORK/agent.token" 2>/dev/null
 
 # agent_conf CONGESTION TRANSPORT

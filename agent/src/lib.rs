@@ -77,6 +77,9 @@ pub struct Agent {
     pub(crate) pinned: Option<Arc<tls::PinnedVerifier>>,
     pub(crate) status: watch::Sender<Status>,
     pub(crate) current: RttProbe,
+    /// The last QUIC session ended with unanswered pings: the next `auto` dial gives TCP no
+    /// head start (UDP toward the relay is likely blocked).
+    pub(crate) quic_suspect: std::sync::atomic::AtomicBool,
 }
 
 /// The live relay connection's round-trip time, readable while the agent runs (for
@@ -145,6 +148,7 @@ impl Agent {
             pinned,
             status: watch::Sender::new(Status::Starting),
             current: RttProbe::default(),
+            quic_suspect: Default::default(),
         })
     }
 

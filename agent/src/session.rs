@@ -2,6 +2,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::atomic::Ordering,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -245,12 +246,17 @@ async fn dial_auto(agent: &Agent) -> Result<Dialled, String> {
     let quic = dial_quic(agent);
     tokio::pin!(quic);
     let mut quic_err = None;
+    let head_start = if agent.quic_suspect.swap(false, Ordering::Relaxed) {
+        Duration::ZERO
+    } else {
+        TCP_HEAD_START
+    };
     tokio::select! {
         r = &mut quic => match r {
             Ok(d) => return Ok(d),
             Err(e) => quic_err = Some(e),
         },
-        _ = tokio::time::sleep(TCP_HEAD_START) => {}
+        _ = tokio::time::sleep(head_start) => {}
     }
     let tcp = dial_tcp(agent);
     tokio::pin!(tcp);
@@ -265,6 +271,9 @@ async fn dial_auto(agent: &Agent) -> Result<Dialled, String> {
                 Ok(d) => {
                     let why = match &quic_err {
                         Some(e) => format!("QUIC failed ({e})"),
+                        None if head_start.is_zero() => {
+                            "QUIC went unanswered just before".to_string()
+                        }
                         None => format!("QUIC did not connect within {TCP_HEAD_START:?}"),
                     };
                     tracing::info!(
@@ -344,6 +353,7 @@ async fn dial_quic(agent: &Agent) -> Result<Dialled, String> {
     };
     let endpoint = quic::udp_socket(bind)
         .and_then(|socket| {
+            report_offloads(&socket);
             quinn::Endpoint::new(
                 quinn::EndpointConfig::default(),
                 None,
@@ -471,6 +481,7 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
         StreamsEnd::Lost(e) => Some(e),
         StreamsEnd::Unanswered(quiet) => {
             tasks.close();
+            agent.quic_suspect.store(true, Ordering::Relaxed);
             return Served::Ended(Ended::Lost {
                 cause: format!(
                     "the relay stopped answering pings ({} ms without an answer, while its \
@@ -515,6 +526,34 @@ enum StreamsEnd {
     /// control stream stays open until the old session's streams are done (its end would
     /// end the old session on the relay at once).
     Moved(Dialled, BiStream),
+}
+
+/// Say once per process what UDP batching this kernel lacks (old router kernels): QUIC works
+/// without it, at more CPU per packet.
+fn report_offloads(socket: &std::net::UdpSocket) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let (gso, gro) = quic::offloads(socket);
+        if gso <= 1 || gro <= 1 {
+            tracing::info!(
+                gso_segments = gso,
+                gro_segments = gro,
+                "this kernel has no UDP {} offload: QUIC sends and receives one packet per \
+                 system call (works, with more CPU at high rates)",
+                match (gso <= 1, gro <= 1) {
+                    (true, true) => "GSO or GRO",
+                    (true, false) => "GSO",
+                    _ => "GRO",
+                }
+            );
+        } else {
+            tracing::debug!(
+                gso_segments = gso,
+                gro_segments = gro,
+                "UDP offloads available"
+            );
+        }
+    });
 }
 
 /// While on the TCP fallback: try QUIC every `quic_probe_interval` until it connects.
@@ -603,10 +642,15 @@ async fn serve_streams(
         let ctrl_send = &mut ctrl.send;
         ctrl_send.set_priority(CONTROL_PRIORITY);
         let heartbeat = Heartbeat::new(agent.config.quic.keep_alive);
+        let quic = conn.kind() == TransportKind::Quic;
         let mut ticker = tokio::time::interval(heartbeat.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_pong = Instant::now();
+        let mut last_pong = tokio::time::Instant::now();
         let mut pings = 0u64;
+        // Fires when the relay has been silent on the control stream for the deadline; moved
+        // on by every pong.
+        let silent = tokio::time::sleep(heartbeat.deadline(conn.rtt()));
+        tokio::pin!(silent);
         let flows = Arc::new(udp::Flows::default());
         let mut datagrams = true;
         let probing = probe_quic(agent);
@@ -623,19 +667,27 @@ async fn serve_streams(
                     Control::Ping(v) => {
                         let _ = write_frame(&mut *ctrl_send, &Control::Pong(v)).await;
                     }
-                    Control::Pong(_) => last_pong = Instant::now(),
+                    Control::Pong(_) => {
+                        last_pong = tokio::time::Instant::now();
+                        silent.as_mut().reset(last_pong + heartbeat.deadline(conn.rtt()));
+                    }
                     other => tracing::debug!("ignoring control message {other:?}"),
                 },
                 // QUIC only: the TLS+TCP fallback has its own pings, and a TCP send queue
                 // can hold a pong back longer than any fixed deadline.
-                _ = ticker.tick(), if conn.kind() == TransportKind::Quic => {
-                    let quiet = last_pong.elapsed();
-                    if quiet > heartbeat.deadline(conn.rtt()) {
-                        conn.close(codes::CLOSE_TIMEOUT, "relay stopped answering pings");
-                        return StreamsEnd::Unanswered(quiet);
-                    }
+                _ = ticker.tick(), if quic => {
                     pings += 1;
                     let _ = write_frame(&mut *ctrl_send, &Control::Ping(pings)).await;
+                }
+                _ = &mut silent, if quic => {
+                    // The RTT may have grown since the deadline was set (a loaded link).
+                    let deadline = last_pong + heartbeat.deadline(conn.rtt());
+                    if tokio::time::Instant::now() < deadline {
+                        silent.as_mut().reset(deadline);
+                    } else {
+                        conn.close(codes::CLOSE_TIMEOUT, "relay stopped answering pings");
+                        return StreamsEnd::Unanswered(last_pong.elapsed());
+                    }
                 }
                 next = &mut probing, if probe => break next,
                 s = conn.accept_bi() => match s {

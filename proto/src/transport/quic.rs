@@ -37,11 +37,13 @@ pub struct QuicSettings {
     /// Idle timeout: the connection is declared dead after this much silence. Four keep-alives
     /// may be lost before it fires.
     pub idle_timeout: Duration,
-    /// Per-stream receive window. Throughput per stream is at most window / RTT: 4 MiB at a
-    /// 600 ms satellite RTT is ~56 Mbit/s per stream (a 64 KiB window would be ~0.9 Mbit/s).
+    /// Per-stream receive window: at least one bandwidth-delay product, or one camera cannot
+    /// fill the link. 8 MiB covers 100 Mbit/s at 600 ms RTT (7.5 MB); measured on the satellite
+    /// link (BENCHMARKS.md), one stream moved 33 Mbit/s with 8 MiB and 21 Mbit/s with 4 MiB.
     pub stream_window: u32,
     /// Connection-wide receive window. quinn's default is unbounded; this is the most a peer
-    /// can make us buffer for one connection. 16 MiB covers 100 Mbit/s at ~1.3 s RTT.
+    /// can make us buffer for one connection: four stream windows, so it takes four stalled
+    /// viewers (a stalled stream keeps its window full) before one agent's other streams wait.
     pub receive_window: u32,
     /// Unacknowledged bytes we keep in flight per connection.
     pub send_window: u64,
@@ -57,8 +59,8 @@ impl QuicSettings {
         QuicSettings {
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(8),
-            stream_window: 4 * 1024 * 1024,
-            receive_window: 16 * 1024 * 1024,
+            stream_window: 8 * 1024 * 1024,
+            receive_window: 32 * 1024 * 1024,
             send_window: 16 * 1024 * 1024,
             max_incoming_streams: 4096,
             congestion: Congestion::Bbr,
@@ -178,6 +180,17 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The UDP batching the kernel offers `socket`, as quinn-udp probes it: (GSO segments per
+/// send, GRO segments per receive); 1 means none (kernels before 4.18 lack GSO, before 5.0
+/// GRO; some drivers and containers too). quinn falls back to one packet per system call
+/// by itself: slower at high rates, never broken.
+pub fn offloads(socket: &std::net::UdpSocket) -> (usize, usize) {
+    match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(s) => (s.max_gso_segments(), s.gro_segments()),
+        Err(_) => (1, 1),
+    }
 }
 
 /// Endpoint config whose stateless-reset key is `reset_key`. Persisting the key lets a
