@@ -33,14 +33,18 @@ impl std::fmt::Display for Trigger {
     }
 }
 
-/// Call `reload` on every SIGHUP and whenever `path`'s contents change, until `shutdown`.
+/// Run `reload` (one at a time) on every SIGHUP and whenever `path`'s contents change, until `shutdown`.
 /// A file touched without a change in content does not count; a missing file (an editor
 /// replacing it) waits until it is back.
-pub async fn watch(
+pub async fn watch<F, Fut>(
     path: PathBuf,
     shutdown: CancellationToken,
-    mut reload: impl FnMut(Trigger) + Send,
-) -> anyhow::Result<()> {
+    mut reload: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Trigger) -> Fut + Send,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut seen = stamp(&path);
@@ -69,6 +73,6 @@ pub async fn watch(
             seen = stamp(&path);
             text = std::fs::read(&path).ok();
         }
-        reload(trigger);
+        reload(trigger).await;
     }
 }

@@ -96,7 +96,23 @@ pub async fn watch(
 ) {
     let shown = path.display().to_string();
     let watched = crate::reload::watch(path.clone(), shutdown, move |why| {
-        let mut config = match crate::config_file::load_relay(&path) {
+        reload_once(&path, &shown, why, &adjust, &reloader);
+        std::future::ready(())
+    });
+    if let Err(e) = watched.await {
+        tracing::warn!("cannot watch the config for changes: {e:#}");
+    }
+}
+
+fn reload_once(
+    path: &std::path::Path,
+    shown: &str,
+    why: crate::reload::Trigger,
+    adjust: &impl Fn(&mut RelayConfig),
+    reloader: &relay::Reloader,
+) {
+    {
+        let mut config = match crate::config_file::load_relay(path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("not reloading {shown} ({why}): {e:#}; the previous settings stay");
@@ -115,9 +131,6 @@ pub async fn watch(
                 tracing::error!("not reloading {shown} ({why}): {e}; the previous settings stay")
             }
         }
-    });
-    if let Err(e) = watched.await {
-        tracing::warn!("cannot watch the config for changes: {e:#}");
     }
 }
 

@@ -448,12 +448,15 @@ impl AgentBuilder {
     }
 
     pub async fn start(self) -> TestAgent {
-        let agent = Agent::new(self.config).await.expect("agent config");
+        let agent = Agent::new(self.config.clone()).await.expect("agent config");
         let status = agent.status();
+        let reloader = agent.reloader();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(agent.run(shutdown.clone()));
         TestAgent {
             status,
+            config: self.config,
+            reloader,
             shutdown,
             handle: Some(handle),
         }
@@ -462,6 +465,10 @@ impl AgentBuilder {
 
 pub struct TestAgent {
     pub status: watch::Receiver<Status>,
+    /// The config it started with.
+    pub config: AgentConfig,
+    /// Applies a changed config to the running agent (hot reload).
+    pub reloader: agent::Reloader,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), agent::AgentError>>>,
 }

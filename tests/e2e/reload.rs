@@ -165,3 +165,112 @@ async fn relay_reloads_access_rules_without_cutting_streams() {
     agent.stop().await;
     relay.stop().await;
 }
+
+fn write_agent_config(path: &Path, c: &agent::AgentConfig) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, toml::to_string(c).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn public_names(s: &agent::Status) -> Vec<String> {
+    match s {
+        agent::Status::Connected { public, .. } => {
+            let mut v: Vec<String> = public.iter().map(|(n, _)| n.clone()).collect();
+            v.sort();
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn tcp_tunnel_config(
+    name: &str,
+    target: std::net::SocketAddr,
+    port: u16,
+) -> agent::config::TunnelConfig {
+    agent::config::TunnelConfig {
+        remote_port: Some(port),
+        ..agent::config::TunnelConfig::new(name, agent::config::Kind::Tcp, &target.to_string())
+    }
+}
+
+#[tokio::test]
+async fn agent_reloads_its_tunnels_without_cutting_connections() {
+    let logs = capture_logs();
+    let relay = TestRelay::start().await;
+    let echo_target = echo_server().await;
+    let (keep, gone, added, not_allowed) = (free_port(), free_port(), free_port(), free_port());
+    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[keep, gone, added]))
+        .tcp("keep", echo_target, keep)
+        .tcp("gone", echo_target, gone)
+        .start()
+        .await;
+    agent.connected().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let mut config = agent.config.clone();
+    write_agent_config(&path, &config);
+    let stop = CancellationToken::new();
+    let file = path.clone();
+    tokio::spawn(periscope::cmd::agent::watch(
+        path.clone(),
+        move || periscope::config_file::load_agent(&file),
+        agent.reloader.clone(),
+        stop.clone(),
+    ));
+
+    let mut held = visit(keep).await;
+    echo(&mut held, b"before").await;
+    assert_eq!(roundtrip(gone, b"gone").await, b"gone");
+
+    // Add a tunnel, remove another; the unchanged one keeps its connection.
+    config.tunnels.retain(|t| t.name != "gone");
+    config
+        .tunnels
+        .push(tcp_tunnel_config("added", echo_target, added));
+    write_agent_config(&path, &config);
+    agent
+        .wait_for("the update applied", |s| {
+            public_names(s) == ["added", "keep"]
+        })
+        .await;
+    assert_eq!(roundtrip(added, b"new port").await, b"new port");
+    assert_eventually!(
+        tokio::net::TcpStream::connect(("127.0.0.1", gone))
+            .await
+            .is_err(),
+        5,
+        "the removed tunnel's port closes"
+    );
+    echo(&mut held, b"during").await;
+
+    // A port the token does not allow: the relay refuses, the old set stays.
+    config
+        .tunnels
+        .push(tcp_tunnel_config("bad", echo_target, not_allowed));
+    write_agent_config(&path, &config);
+    assert_eventually!(
+        logs.text().contains("relay refused the tunnel update")
+            && logs.text().contains(&format!("port {not_allowed}")),
+        5,
+        "the agent logs why the update was refused: {}",
+        logs.text()
+    );
+    assert_eq!(public_names(&agent.status.borrow()), ["added", "keep"]);
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", not_allowed))
+        .await
+        .is_err());
+    assert_eq!(roundtrip(added, b"still").await, b"still");
+    echo(&mut held, b"after").await;
+    let (_, agents) = admin_get(&relay, "/api/agents", Some(&relay.admin_token)).await;
+    assert!(
+        agents.contains(&format!(":{added} -> added")) && !agents.contains("-> gone"),
+        "the admin API lists the tunnels as they are now: {agents}"
+    );
+
+    stop.cancel();
+    drop(held);
+    agent.stop().await;
+    relay.stop().await;
+}
