@@ -76,3 +76,59 @@ where
         reload(trigger).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn next(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Trigger>,
+        secs: u64,
+    ) -> Option<Trigger> {
+        tokio::time::timeout(Duration::from_secs(secs), rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Content changes count, a touch without a change does not, SIGHUP always does.
+    #[tokio::test]
+    async fn reloads_on_change_and_on_sighup() {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Our own handler first: a SIGHUP can never end the test process.
+        let _hup = signal(SignalKind::hangup()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        tokio::spawn(watch(path.clone(), stop.clone(), move |t| {
+            let _ = tx.send(t);
+            std::future::ready(())
+        }));
+        // Until the watcher has its handler, a SIGHUP goes to ours only: send until it hears one.
+        let mut heard = None;
+        for _ in 0..50 {
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP)
+                .unwrap();
+            heard = tokio::time::timeout(Duration::from_millis(100), rx.recv())
+                .await
+                .ok()
+                .flatten();
+            if heard.is_some() {
+                break;
+            }
+        }
+        assert_eq!(heard, Some(Trigger::Signal));
+        while next(&mut rx, 0).await.is_some() {}
+        // Same content, new stamp: nothing.
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(next(&mut rx, 2).await, None);
+        std::fs::write(&path, "a = 2\n").unwrap();
+        assert_eq!(next(&mut rx, 3).await, Some(Trigger::Changed));
+        stop.cancel();
+    }
+}
