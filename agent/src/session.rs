@@ -649,11 +649,20 @@ async fn serve_streams(
                         });
                         tracing::info!("relay applied the tunnel update: {} tunnel(s)", public.len());
                     }
-                    Control::Reject(r) => tracing::error!(
-                        "relay refused the tunnel update: {}: {}; it keeps the previous tunnels \
-                         (tunnels removed here are refused by this agent)",
-                        r.reason, r.detail
-                    ),
+                    Control::Reject(r) => {
+                        tracing::error!(
+                            "relay refused the tunnel update: {}: {}; it keeps the previous \
+                             tunnels (tunnels removed here are refused by this agent)",
+                            r.reason, r.detail
+                        );
+                        // What is still served: registered before, and still in our config.
+                        let current = tunnels.borrow().clone();
+                        agent.status.send_modify(|s| {
+                            if let Status::Connected { public, .. } = s {
+                                public.retain(|(n, _)| current.iter().any(|t| &t.spec.name == n));
+                            }
+                        });
+                    }
                     other => tracing::debug!("ignoring control message {other:?}"),
                 },
                 Ok(()) = tunnels.changed() => {

@@ -740,6 +740,17 @@ impl LiveTunnels {
         if removed.is_empty() && added.is_empty() {
             return Ok(());
         }
+        // Streams name tunnels by id: a changed tunnel must come with a new one, or streams
+        // opened before and after the change could not be told apart.
+        if let Some(t) = added.iter().find(|a| removed.iter().any(|r| r.id == a.id)) {
+            return Err(reject(
+                RejectReason::BadTunnel,
+                format!(
+                    "tunnel id {} (`{}`) changed: a changed tunnel needs a new id",
+                    t.id, t.name
+                ),
+            ));
+        }
         // A port that moves from a removed tunnel to an added one: free it first.
         let port_of =
             |t: &proto::TunnelSpec| (t.kind != TunnelKind::Http).then_some((t.kind, t.remote_port));
@@ -819,14 +830,18 @@ impl LiveTunnels {
     }
 }
 
+/// How long a tunnel update waits for a port its own stopped listener is releasing (the
+/// control loop, and so the answers to the agent's pings, waits meanwhile).
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
+
 /// Bind with `f`; when a port was just released by a stopped listener of this session, retry
-/// for up to [`REPLACE_WAIT`] while it frees.
+/// for up to [`RELEASE_WAIT`] while it frees.
 async fn bind_retrying<T, F, Fut>(f: F, retry: bool) -> Result<Vec<T>, Reject>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Vec<T>, Reject>>,
 {
-    let deadline = tokio::time::Instant::now() + REPLACE_WAIT;
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
     loop {
         match f().await {
             Err(r)

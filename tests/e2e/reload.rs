@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::*;
 
 const CAM: &str = "cam.relay.localhost";
+const HOME: &str = "home.relay.localhost";
 
 /// The relay's config as it started (the kit records the bound QUIC port, not the `:0` it
 /// asked for).
@@ -197,10 +198,14 @@ fn tcp_tunnel_config(
 #[tokio::test]
 async fn agent_reloads_its_tunnels_without_cutting_connections() {
     let logs = capture_logs();
-    let relay = TestRelay::start().await;
+    let relay = TestRelay::start_configured(|c| c.access.push(AccessRule::public(HOME))).await;
     let echo_target = echo_server().await;
+    let udp_target = udp_echo_server().await;
+    let nvr = Nvr::start().await;
     let (keep, gone, added, not_allowed) = (free_port(), free_port(), free_port(), free_port());
-    let mut agent = AgentBuilder::new(&relay, &relay.token("home", &[keep, gone, added]))
+    let voice = free_port();
+    let token = relay.token_udp("home", &[keep, gone, added], &[voice]);
+    let mut agent = AgentBuilder::new(&relay, &token)
         .tcp("keep", echo_target, keep)
         .tcp("gone", echo_target, gone)
         .start()
@@ -224,18 +229,43 @@ async fn agent_reloads_its_tunnels_without_cutting_connections() {
     echo(&mut held, b"before").await;
     assert_eq!(roundtrip(gone, b"gone").await, b"gone");
 
-    // Add a tunnel, remove another; the unchanged one keeps its connection.
+    // Add tunnels (tcp, udp, http), remove one; the unchanged one keeps its connection.
     config.tunnels.retain(|t| t.name != "gone");
     config
         .tunnels
         .push(tcp_tunnel_config("added", echo_target, added));
+    config.tunnels.push(agent::config::TunnelConfig {
+        remote_port: Some(voice),
+        ..agent::config::TunnelConfig::new(
+            "voice",
+            agent::config::Kind::Udp,
+            &udp_target.to_string(),
+        )
+    });
+    config.tunnels.push(agent::config::TunnelConfig::new(
+        "home",
+        agent::config::Kind::Http,
+        &nvr.addr.to_string(),
+    ));
     write_agent_config(&path, &config);
     agent
         .wait_for("the update applied", |s| {
-            public_names(s) == ["added", "keep"]
+            public_names(s) == ["added", "home", "keep", "voice"]
         })
         .await;
     assert_eq!(roundtrip(added, b"new port").await, b"new port");
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(udp_roundtrip(&udp, voice, b"datagram").await, b"datagram");
+    let req = Request::builder()
+        .uri("/headers")
+        .header("host", HOME)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        https_request(&relay, HOME, false, req).await.status(),
+        StatusCode::OK,
+        "the added http tunnel is routed"
+    );
     assert_eventually!(
         tokio::net::TcpStream::connect(("127.0.0.1", gone))
             .await
@@ -244,6 +274,19 @@ async fn agent_reloads_its_tunnels_without_cutting_connections() {
         "the removed tunnel's port closes"
     );
     echo(&mut held, b"during").await;
+
+    // A tunnel renamed on the same port: the old listener gives the port to the new one.
+    for t in config.tunnels.iter_mut().filter(|t| t.name == "added") {
+        t.name = "moved".into();
+    }
+    write_agent_config(&path, &config);
+    agent
+        .wait_for("the rename applied", |s| {
+            public_names(s) == ["home", "keep", "moved", "voice"]
+        })
+        .await;
+    assert_eq!(roundtrip(added, b"moved").await, b"moved");
+    echo(&mut held, b"renamed").await;
 
     // A port the token does not allow: the relay refuses, the old set stays.
     config
@@ -257,15 +300,19 @@ async fn agent_reloads_its_tunnels_without_cutting_connections() {
         "the agent logs why the update was refused: {}",
         logs.text()
     );
-    assert_eq!(public_names(&agent.status.borrow()), ["added", "keep"]);
+    assert_eq!(
+        public_names(&agent.status.borrow()),
+        ["home", "keep", "moved", "voice"]
+    );
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", not_allowed))
         .await
         .is_err());
     assert_eq!(roundtrip(added, b"still").await, b"still");
+    assert_eq!(udp_roundtrip(&udp, voice, b"still").await, b"still");
     echo(&mut held, b"after").await;
     let (_, agents) = admin_get(&relay, "/api/agents", Some(&relay.admin_token)).await;
     assert!(
-        agents.contains(&format!(":{added} -> added")) && !agents.contains("-> gone"),
+        agents.contains(&format!(":{added} -> moved")) && !agents.contains("-> gone"),
         "the admin API lists the tunnels as they are now: {agents}"
     );
 
