@@ -14,7 +14,9 @@
 //! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
 //! directory), `token` (JWT issue/verify for agents and share links, revocations), `registry`
 //! (live sessions by agent name), `session` (one agent), `tcp_tunnel` (public TCP ports),
-//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default).
+//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default),
+//! [`reload`] (a changed relay.toml's access rules applied while running). An agent's
+//! `TunnelUpdate` changes its session's tunnels in place (`session`).
 
 pub mod access;
 mod acme;

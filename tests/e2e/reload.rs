@@ -161,6 +161,11 @@ async fn relay_reloads_access_rules_without_cutting_streams() {
         StatusCode::OK
     );
 
+    assert!(
+        !logs.text().contains("not applied until a restart"),
+        "no setting of the unchanged file is reported as needing a restart: {}",
+        logs.text()
+    );
     stop.cancel();
     drop(held);
     agent.stop().await;
@@ -316,6 +321,11 @@ async fn agent_reloads_its_tunnels_without_cutting_connections() {
         "the admin API lists the tunnels as they are now: {agents}"
     );
 
+    assert!(
+        !logs.text().contains("not applied until a restart"),
+        "no setting of the unchanged file is reported as needing a restart: {}",
+        logs.text()
+    );
     stop.cancel();
     drop(held);
     agent.stop().await;
