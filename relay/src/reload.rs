@@ -1,9 +1,12 @@
 //! Hot reload of relay.toml: the access rules apply to new requests and connections at once;
 //! everything else needs a restart and is reported, not applied.
 //!
-//! What applies live: `[[access]]`, `[[port_access]]`, `auth.allow_ips` and `auth.deny_ips`.
+//! What applies live: `[[access]]`, `[[port_access]]`, `auth.allow_ips`, `auth.deny_ips`,
+//! and the per-response limits `limits.streams_per_user` and `limits.stream_time_limit`.
 //! Requests and raw-port connections take one snapshot of them ([`Shared::live`]) when they
-//! are decided; connections already open are never touched. The users file is re-read on
+//! are decided; connections and streams already open are never touched (a live stream keeps
+//! the time limit it started with). Other limits are built into rate limiters and listeners
+//! at start and need a restart. The users file is re-read on
 //! its own (`access::users`).
 //!
 //! The caller (the CLI) reads and parses the file, so its errors name the file, line and key
@@ -14,7 +17,14 @@ use std::{collections::BTreeMap, sync::Arc};
 use crate::{RelayConfig, RelayError, Shared};
 
 /// Keys (dotted paths in relay.toml) that a running relay applies.
-pub const LIVE_KEYS: &[&str] = &["access", "port_access", "auth.allow_ips", "auth.deny_ips"];
+pub const LIVE_KEYS: &[&str] = &[
+    "access",
+    "port_access",
+    "auth.allow_ips",
+    "auth.deny_ips",
+    "limits.streams_per_user",
+    "limits.stream_time_limit",
+];
 
 /// Applies a new relay.toml to a running relay; cheap to clone.
 #[derive(Debug, Clone)]
@@ -90,6 +100,8 @@ impl Reloader {
             next.port_access = new.port_access;
             next.auth.allow_ips = new.auth.allow_ips;
             next.auth.deny_ips = new.auth.deny_ips;
+            next.limits.streams_per_user = new.limits.streams_per_user;
+            next.limits.stream_time_limit = new.limits.stream_time_limit;
             *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         }
         Ok(report)
@@ -149,10 +161,28 @@ mod tests {
         new.auth.deny_ips.push("192.0.2.0/24".parse().unwrap());
         new.domain = "other.example.com".into();
         new.listen.https = "127.0.0.1:1".parse().unwrap();
+        new.limits.stream_time_limit = Some(std::time::Duration::from_secs(60));
+        new.limits.requests_per_second += 1;
         let keys = changed_keys(&old, &new).unwrap();
         assert_eq!(
             keys,
-            ["access", "auth.deny_ips", "domain", "listen.https"].map(String::from)
+            [
+                "access",
+                "auth.deny_ips",
+                "domain",
+                "limits.requests_per_second",
+                "limits.stream_time_limit",
+                "listen.https"
+            ]
+            .map(String::from)
+        );
+        let live: Vec<&String> = keys
+            .iter()
+            .filter(|k| LIVE_KEYS.contains(&k.as_str()))
+            .collect();
+        assert_eq!(
+            live,
+            ["access", "auth.deny_ips", "limits.stream_time_limit"]
         );
     }
 }
