@@ -4,7 +4,9 @@
 //! target once (the targets are pinned: the relay names tunnels by id and can never make the
 //! agent connect anywhere else) and prepares TLS. [`Agent::run`] dials the relay, registers the
 //! tunnels and serves streams until shutdown, reconnecting forever with backoff ([`backoff`])
-//! when the relay goes away. [`Agent::status`] reports what is happening.
+//! when the relay goes away. [`Agent::status`] reports what is happening. [`Agent::reloader`]
+//! applies a changed tunnel list while it runs: the new targets are pinned the same way and
+//! the session sends the list to the relay (`TunnelUpdate`).
 //!
 //! Layout: `config` (agent.toml), `tls` (how the relay is verified), `backoff`, `session` (one
 //! connection: Hello/Welcome, control loop, data streams → local targets).

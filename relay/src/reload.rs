@@ -3,7 +3,7 @@
 //!
 //! What applies live: `[[access]]`, `[[port_access]]`, `auth.allow_ips`, `auth.deny_ips`,
 //! and the per-response limits `limits.streams_per_user` and `limits.stream_time_limit`.
-//! Requests and raw-port connections take one snapshot of them ([`Shared::live`]) when they
+//! Requests and raw-port connections take one snapshot of them (`Shared::live`) when they
 //! are decided; connections and streams already open are never touched (a live stream keeps
 //! the time limit it started with). Other limits are built into rate limiters and listeners
 //! at start and need a restart. The users file is re-read on
