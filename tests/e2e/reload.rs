@@ -321,6 +321,31 @@ async fn agent_reloads_its_tunnels_without_cutting_connections() {
         "the admin API lists the tunnels as they are now: {agents}"
     );
 
+    // Refused again, this time also removing `moved`: the relay still listens on its port (it
+    // kept the old set), but the agent connects only to targets of its current config.
+    config.tunnels.retain(|t| t.name != "moved");
+    write_agent_config(&path, &config);
+    assert_eventually!(
+        logs.text()
+            .matches("relay refused the tunnel update")
+            .count()
+            >= 2,
+        5,
+        "the second update is refused too: {}",
+        logs.text()
+    );
+    let mut s = visit(added).await;
+    s.write_all(b"to a removed tunnel").await.unwrap();
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut back))
+        .await
+        .expect("the relay closes the visitor the agent refused");
+    assert!(
+        read.is_err() || back.is_empty(),
+        "a tunnel removed from the agent's config reaches nothing: {back:?}"
+    );
+    echo(&mut held, b"last").await;
+
     assert!(
         !logs.text().contains("not applied until a restart"),
         "no setting of the unchanged file is reported as needing a restart: {}",
