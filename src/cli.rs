@@ -75,7 +75,7 @@ pub struct DemoArgs {
 }
 
 /// `periscope agent`
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
     /// `periscope agent status`: what the running agent is doing.
@@ -131,7 +131,7 @@ pub struct AgentArgs {
 }
 
 /// `periscope agent …` actions.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum AgentAction {
     /// Show the running agent's state, transport, last error and public URLs (exit 0 when
     /// connected, 1 otherwise).

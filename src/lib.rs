@@ -9,5 +9,6 @@ pub mod cli;
 pub mod cmd;
 pub mod config_file;
 pub mod demo;
+pub mod reload;
 pub mod signal;
 pub mod telemetry;

@@ -16,6 +16,7 @@ mod e2e {
     mod fallback;
     mod http;
     mod reconnect;
+    mod reload;
     mod shutdown;
     mod tcp;
     mod udp;

@@ -398,11 +398,14 @@ enum Served {
 
 async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToken) -> Served {
     let cfg = &agent.config;
+    // Subscribed before the Hello: a reload from now on is sent as a TunnelUpdate.
+    let mut tunnels = agent.tunnels.subscribe();
+    let registered_tunnels = tunnels.borrow_and_update().clone();
     let hello = Hello {
         version: CONTROL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").into(),
         token: agent.token.clone(),
-        tunnels: agent.tunnels.iter().map(|t| t.spec.clone()).collect(),
+        tunnels: registered_tunnels.iter().map(|t| t.spec.clone()).collect(),
     };
     let register = tokio::time::timeout(cfg.connect_timeout, async {
         let mut ctrl = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -443,23 +446,9 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
             return Served::Ended(Ended::Failed(format!("registering with the relay: {e}")))
         }
     };
-    let public: Vec<(String, String)> = welcome
-        .tunnels
-        .iter()
-        .filter_map(|a| {
-            let t = agent.tunnels.iter().find(|t| t.spec.id == a.id)?;
-            Some((t.spec.name.clone(), a.public.clone()))
-        })
-        .collect();
+    let public = public_of(&welcome, &registered_tunnels);
     let span = tracing::info_span!("session", agent = %welcome.agent, session = welcome.session);
-    for (name, url) in &public {
-        let target = agent
-            .tunnels
-            .iter()
-            .find(|t| &t.spec.name == name)
-            .map(|t| t.target);
-        span.in_scope(|| tracing::info!(tunnel = %name, "tunnel up: {url} -> {}", target.map(|t| t.to_string()).unwrap_or_default()));
-    }
+    span.in_scope(|| log_tunnels_up(&public, &registered_tunnels, &[]));
     span.in_scope(|| tracing::info!(transport = %conn.kind(), relay = %conn.remote_addr(), "connected to relay"));
     agent.current.set(Some(conn.clone()));
     agent.status.send_replace(Status::Connected {
@@ -471,7 +460,7 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
     let tasks = TaskTracker::new();
     let probe =
         agent.config.transport == TransportChoice::Auto && conn.kind() == TransportKind::Tcp;
-    let ended = serve_streams(agent, &conn, ctrl, shutdown, &tasks, probe)
+    let ended = serve_streams(agent, &conn, ctrl, tunnels, shutdown, &tasks, probe)
         .instrument(span)
         .await;
     agent.current.set(None);
@@ -511,6 +500,29 @@ async fn serve(agent: &Arc<Agent>, conn: Connection, shutdown: &CancellationToke
                 replaced,
             })
         }
+    }
+}
+
+/// `(tunnel name, public address)` of each tunnel in a Welcome.
+fn public_of(welcome: &proto::Welcome, tunnels: &[Tunnel]) -> Vec<(String, String)> {
+    welcome
+        .tunnels
+        .iter()
+        .filter_map(|a| {
+            let t = tunnels.iter().find(|t| t.spec.id == a.id)?;
+            Some((t.spec.name.clone(), a.public.clone()))
+        })
+        .collect()
+}
+
+/// Log each tunnel of `public` that is not in `before`.
+fn log_tunnels_up(public: &[(String, String)], tunnels: &[Tunnel], before: &[(String, String)]) {
+    for (name, url) in public.iter().filter(|p| !before.contains(p)) {
+        let target = tunnels
+            .iter()
+            .find(|t| &t.spec.name == name)
+            .map(|t| t.target.to_string());
+        tracing::info!(tunnel = %name, "tunnel up: {url} -> {}", target.unwrap_or_default());
     }
 }
 
@@ -609,6 +621,7 @@ async fn serve_streams(
     agent: &Arc<Agent>,
     conn: &Connection,
     mut ctrl: BiStream,
+    mut tunnels: tokio::sync::watch::Receiver<Arc<Vec<Tunnel>>>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
     probe: bool,
@@ -671,8 +684,39 @@ async fn serve_streams(
                         last_pong = tokio::time::Instant::now();
                         silent.as_mut().reset(last_pong + heartbeat.deadline(conn.rtt()));
                     }
+                    // The relay's answer to our TunnelUpdate.
+                    Control::Welcome(w) => {
+                        let current = tunnels.borrow().clone();
+                        let public = public_of(&w, &current);
+                        agent.status.send_modify(|s| {
+                            if let Status::Connected { public: p, .. } = s {
+                                log_tunnels_up(&public, &current, p);
+                                *p = public.clone();
+                            }
+                        });
+                        tracing::info!("relay applied the tunnel update: {} tunnel(s)", public.len());
+                    }
+                    Control::Reject(r) => {
+                        tracing::error!(
+                            "relay refused the tunnel update: {}: {}; it keeps the previous \
+                             tunnels (tunnels removed here are refused by this agent)",
+                            r.reason, r.detail
+                        );
+                        // What is still served: registered before, and still in our config.
+                        let current = tunnels.borrow().clone();
+                        agent.status.send_modify(|s| {
+                            if let Status::Connected { public, .. } = s {
+                                public.retain(|(n, _)| current.iter().any(|t| &t.spec.name == n));
+                            }
+                        });
+                    }
                     other => tracing::debug!("ignoring control message {other:?}"),
                 },
+                Ok(()) = tunnels.changed() => {
+                    let specs = tunnels.borrow_and_update().iter().map(|t| t.spec.clone()).collect();
+                    tracing::info!("tunnel list changed: sending it to the relay");
+                    let _ = write_frame(&mut *ctrl_send, &Control::TunnelUpdate(specs)).await;
+                }
                 // QUIC only: the TLS+TCP fallback has its own pings, and a TCP send queue
                 // can hold a pong back longer than any fixed deadline.
                 _ = ticker.tick(), if quic => {
@@ -693,7 +737,7 @@ async fn serve_streams(
                 s = conn.accept_bi() => match s {
                     Ok(stream) => {
                         let span = tracing::debug_span!("stream", stream.id = stream.send.id());
-                        tasks.spawn(handle_stream(agent.tunnels.clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
+                        tasks.spawn(handle_stream(agent.tunnels.borrow().clone(), agent.config.connect_timeout, stream, conn.clone(), flows.clone()).instrument(span));
                     }
                     Err(e) => return StreamsEnd::Lost(e),
                 },

@@ -13,7 +13,8 @@ pub enum Control {
     Hello(Hello),
     /// Relay → agent: accepted; here are the public addresses.
     Welcome(Welcome),
-    /// Relay → agent: refused, with a reason; the connection closes after it.
+    /// Relay → agent: refused, with a reason. After a `Hello` the connection closes; after a
+    /// `TunnelUpdate` the session goes on with its previous tunnels.
     Reject(Reject),
     /// Liveness / RTT probe carrying an opaque value.
     Ping(u64),
@@ -21,7 +22,9 @@ pub enum Control {
     Pong(u64),
     /// Relay → agent: stop using this connection, reconnect (relay restarting).
     GoAway(GoAway),
-    /// Agent → relay: the tunnel list changed (answered with `Welcome` or `Reject`).
+    /// Agent → relay: the whole new tunnel list (the agent's config was reloaded), answered
+    /// with `Welcome` (every tunnel's public address) or `Reject`. A tunnel whose spec is
+    /// unchanged keeps its id; a changed one comes with a new id.
     TunnelUpdate(Vec<TunnelSpec>),
 }
 

@@ -4,8 +4,9 @@
 //! bidirectional stream is the **control stream**: the agent sends [`Control::Hello`] with its
 //! token and tunnel list; the relay answers [`Control::Welcome`] (public URLs and ports) or
 //! [`Control::Reject`] with a machine-readable [`RejectReason`]. Afterwards the relay may send
-//! [`Control::GoAway`] before it shuts down, and either side may send [`Control::TunnelUpdate`]
-//! or ping.
+//! [`Control::GoAway`] before it shuts down, the agent may send [`Control::TunnelUpdate`] (its
+//! reloaded tunnel list, answered with `Welcome` or `Reject`; the session goes on either way),
+//! and either side may ping.
 //!
 //! Every other bidirectional stream is opened by the relay for one visitor connection. It starts
 //! with one [`StreamOpen`] frame naming the tunnel by **id** (never an address: the agent maps

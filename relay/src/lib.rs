@@ -14,7 +14,9 @@
 //! Layout: `config` (relay.toml), `identity` (certificate, signing and reset keys in the data
 //! directory), `token` (JWT issue/verify for agents and share links, revocations), `registry`
 //! (live sessions by agent name), `session` (one agent), `tcp_tunnel` (public TCP ports),
-//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default).
+//! `http` (HTTPS edge), [`access`] (visitors: users, logins, bans, limits; deny by default),
+//! [`reload`] (a changed relay.toml's access rules applied while running). An agent's
+//! `TunnelUpdate` changes its session's tunnels in place (`session`).
 
 pub mod access;
 mod acme;
@@ -27,6 +29,7 @@ pub mod identity;
 mod metrics;
 mod open;
 pub mod registry;
+pub mod reload;
 mod session;
 mod tcp_tunnel;
 pub mod token;
@@ -40,13 +43,18 @@ use tracing::Instrument;
 pub use config::RelayConfig;
 pub use error::RelayError;
 pub use registry::Registry;
+pub use reload::{Reloaded, Reloader};
 pub use token::{Claims, IssueRequest, PortRange, TokenKeys};
 pub use udp_tunnel::{UdpMetrics, UdpStats, UdpStatsSnapshot};
 
 /// State shared by every task of the relay.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The configuration the relay started with (listeners, data directory, limits).
     pub(crate) config: RelayConfig,
+    /// The same with the access rules of the latest reload ([`reload`]); read it through
+    /// [`Shared::live`] once per decision.
+    pub(crate) live: std::sync::RwLock<Arc<RelayConfig>>,
     pub(crate) keys: TokenKeys,
     pub(crate) revocations: token::Revocations,
     pub(crate) registry: Registry,
@@ -68,6 +76,14 @@ pub(crate) struct Shared {
     pub(crate) access: access::Access,
     /// Agent handshakes in progress (QUIC and TCP fallback together).
     pub(crate) agent_handshakes: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// The current access rules (`[[access]]`, `[[port_access]]`, `auth.allow_ips`,
+    /// `auth.deny_ips`): a snapshot, unchanged by a reload while it is held.
+    pub(crate) fn live(&self) -> Arc<RelayConfig> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A bound relay, ready to [`run`](Relay::run).
@@ -163,6 +179,7 @@ impl Relay {
         let config_pending_handshakes = config.limits.pending_handshakes;
         Ok(Relay {
             shared: Arc::new(Shared {
+                live: std::sync::RwLock::new(Arc::new(config.clone())),
                 config,
                 keys,
                 revocations,
@@ -234,6 +251,13 @@ impl Relay {
     /// The token signer (for `periscope relay --dev` printing a ready token, and tests).
     pub fn keys(&self) -> &TokenKeys {
         &self.shared.keys
+    }
+
+    /// A handle that applies a changed relay.toml while the relay runs ([`reload`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Live agent sessions.

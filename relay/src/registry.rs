@@ -111,6 +111,15 @@ impl Registry {
         self.sessions.remove_if(agent, |_, s| s.id == id);
     }
 
+    /// Replace the public addresses listed for session `id` of `agent` (a tunnel update).
+    pub(crate) fn set_public(&self, agent: &str, id: u64, public: Vec<String>) {
+        if let Some(mut s) = self.sessions.get_mut(agent) {
+            if s.id == id {
+                s.public = public;
+            }
+        }
+    }
+
     /// Close every session for which `f` returns a close code and reason.
     pub(crate) fn close_where(&self, f: impl Fn(&SessionInfo) -> Option<(u32, &'static str)>) {
         for s in self.sessions.iter() {

@@ -1,7 +1,7 @@
 //! One agent connection: handshake, authorization, tunnel registration, control loop.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -153,9 +153,19 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
             format!("token {} was revoked", claims.jti),
         ));
     }
+    check_tunnels(shared, &claims, &hello.tunnels)?;
+    Ok(claims)
+}
+
+/// Check a tunnel list against the token's claims (at Hello and at every TunnelUpdate).
+fn check_tunnels(
+    shared: &Shared,
+    claims: &Claims,
+    tunnels: &[proto::TunnelSpec],
+) -> Result<(), Reject> {
     let mut ids = HashSet::new();
     let mut ports = HashSet::new();
-    for t in &hello.tunnels {
+    for t in tunnels {
         if !ids.insert(t.id) {
             return Err(reject(
                 RejectReason::BadTunnel,
@@ -220,7 +230,7 @@ fn authorize(shared: &Shared, hello: &Hello) -> Result<Claims, Reject> {
             }
         }
     }
-    Ok(claims)
+    Ok(())
 }
 
 /// Public hostname of an http tunnel (or the certificate name of a tls tcp tunnel): the
@@ -237,20 +247,22 @@ fn http_host(shared: &Shared, t: &proto::TunnelSpec) -> String {
 /// agent is refused.
 fn claim_routes(
     shared: &Shared,
-    hello: &Hello,
+    tunnels: &[proto::TunnelSpec],
     agent: &str,
     id: u64,
     conn: &Connection,
     streams: &Arc<tokio::sync::Semaphore>,
 ) -> Result<Vec<(u32, String)>, Reject> {
     let mut claimed = Vec::new();
-    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Http) {
+    for t in tunnels.iter().filter(|t| t.kind == TunnelKind::Http) {
         let host = http_host(shared, t);
         if let Some(other) = shared.routes.get(&host) {
             if other.agent != agent {
                 let other_agent = other.agent.clone();
                 drop(other);
-                release_routes(shared, id);
+                // Undo this call's claims only (a tunnel update keeps the session's others).
+                let ours: Vec<u32> = claimed.iter().map(|(tid, _)| *tid).collect();
+                release_tunnel_routes(shared, id, &ours);
                 return Err(reject(
                     RejectReason::InUse,
                     format!("hostname {host} is served by agent `{other_agent}`"),
@@ -297,14 +309,27 @@ fn release_routes(shared: &Shared, id: u64) {
     });
 }
 
+/// Drop the routes of session `id`'s tunnels `tunnels` (removed by a tunnel update).
+fn release_tunnel_routes(shared: &Shared, id: u64, tunnels: &[u32]) {
+    let now = SystemTime::now();
+    shared.routes.retain(|host, r| {
+        if r.session == id && tunnels.contains(&r.tunnel) {
+            shared.offline.insert(host.clone(), now);
+            false
+        } else {
+            true
+        }
+    });
+}
+
 /// Bind the public UDP port of every udp tunnel; counters are kept per agent and tunnel name.
 async fn bind_udp(
     shared: &Shared,
-    hello: &Hello,
+    tunnels: &[proto::TunnelSpec],
     agent: &str,
 ) -> Result<Vec<udp_tunnel::BoundUdp>, Reject> {
     let mut out = Vec::new();
-    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Udp) {
+    for t in tunnels.iter().filter(|t| t.kind == TunnelKind::Udp) {
         let port = t.remote_port.unwrap_or_default();
         let addr = SocketAddr::new(shared.config.listen.tunnels, port);
         // 4 MiB socket buffers, like the QUIC socket: bursts from many visitors wait in the
@@ -331,9 +356,12 @@ async fn bind_udp(
     Ok(out)
 }
 
-async fn bind_tunnels(shared: &Shared, hello: &Hello) -> Result<Vec<Bound>, Reject> {
+async fn bind_tunnels(
+    shared: &Shared,
+    tunnels: &[proto::TunnelSpec],
+) -> Result<Vec<Bound>, Reject> {
     let mut out = Vec::new();
-    for t in hello.tunnels.iter().filter(|t| t.kind == TunnelKind::Tcp) {
+    for t in tunnels.iter().filter(|t| t.kind == TunnelKind::Tcp) {
         let port = t.remote_port.unwrap_or_default();
         let addr = SocketAddr::new(shared.config.listen.tunnels, port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
@@ -399,11 +427,11 @@ async fn run_session(
             );
         }
     }
-    let bound = match bind_tunnels(&shared, &hello).await {
+    let bound = match bind_tunnels(&shared, &hello.tunnels).await {
         Ok(b) => b,
         Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
-    let bound_udp = match bind_udp(&shared, &hello, &claims.sub).await {
+    let bound_udp = match bind_udp(&shared, &hello.tunnels, &claims.sub).await {
         Ok(b) => b,
         Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
@@ -414,51 +442,63 @@ async fn run_session(
     let streams = Arc::new(tokio::sync::Semaphore::new(
         shared.config.limits.streams_per_agent,
     ));
-    let routes = match claim_routes(&shared, &hello, &claims.sub, id, &conn, &streams) {
+    let routes = match claim_routes(&shared, &hello.tunnels, &claims.sub, id, &conn, &streams) {
         Ok(r) => r,
         Err(r) => return send_reject(&shared, &conn, &mut ctrl, r).await,
     };
-    let welcome = Welcome {
-        session: id,
-        agent: claims.sub.clone(),
-        tunnels: bound
-            .iter()
-            .map(|b| Assigned {
-                id: b.id,
-                public: b.public.clone(),
-            })
-            .chain(bound_udp.iter().map(|b| Assigned {
-                id: b.id,
-                public: b.public.clone(),
-            }))
-            .chain(routes.iter().map(|(id, url)| Assigned {
-                id: *id,
-                public: url.clone(),
-            }))
-            .collect(),
+    let mut live = LiveTunnels {
+        specs: hello.tunnels.clone(),
+        public: Vec::new(),
+        stops: HashMap::new(),
+        flows: udp_tunnel::SessionFlows::default(),
+        next_flow: Arc::new(AtomicU64::new(1)),
+        dispatching: false,
     };
+    let ctx = SessionCtx {
+        shared: shared.clone(),
+        id,
+        agent: claims.sub.clone(),
+        conn: conn.clone(),
+        streams,
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        listeners: TaskTracker::new(),
+    };
+    live.public = bound
+        .iter()
+        .map(|b| {
+            (
+                b.id,
+                b.public.clone(),
+                format!("{} -> {}", b.public, b.name),
+            )
+        })
+        .chain(bound_udp.iter().map(|b| {
+            (
+                b.id,
+                b.public.clone(),
+                format!("{} -> {}", b.public, b.name),
+            )
+        }))
+        .chain(
+            routes
+                .iter()
+                .map(|(id, url)| (*id, url.clone(), url.clone())),
+        )
+        .collect();
     // Pongs go out ahead of bulk data: the agent calls the connection dead without them.
     ctrl.send.set_priority(100);
-    if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(welcome)).await {
+    if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(live.welcome(&ctx))).await {
         tracing::debug!("agent left before Welcome: {e}");
         release_routes(&shared, id);
         return;
     }
     shared.metrics.handshake("ok");
-    let tasks = TaskTracker::new();
-    let listeners = TaskTracker::new();
+    let tasks = ctx.tasks.clone();
+    let listeners = ctx.listeners.clone();
     let replaced = CancellationToken::new();
-    let cancel = CancellationToken::new();
-    let public: Vec<String> = bound
-        .iter()
-        .map(|b| format!("{} -> {}", b.public, b.name))
-        .chain(
-            bound_udp
-                .iter()
-                .map(|b| format!("{} -> {}", b.public, b.name)),
-        )
-        .chain(routes.iter().map(|(_, url)| url.clone()))
-        .collect();
+    let cancel = ctx.cancel.clone();
+    let public = live.lines();
     tracing::info!(
         session = id,
         transport = %conn.kind(),
@@ -480,45 +520,10 @@ async fn run_session(
         replaced: replaced.clone(),
     });
     for b in bound {
-        let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
-        listeners.spawn(
-            tcp_tunnel::serve(
-                shared.clone(),
-                b,
-                conn.clone(),
-                streams.clone(),
-                claims.sub.clone(),
-                cancel.clone(),
-                tasks.clone(),
-            )
-            .instrument(span),
-        );
+        live.spawn_tcp(&ctx, b);
     }
-    if !bound_udp.is_empty() {
-        let flows = udp_tunnel::SessionFlows::default();
-        let next_flow = Arc::new(AtomicU64::new(1));
-        listeners.spawn(udp_tunnel::dispatch(
-            conn.clone(),
-            flows.clone(),
-            cancel.clone(),
-        ));
-        for b in bound_udp {
-            let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.socket.local_addr().map(|a| a.port()).unwrap_or(0));
-            listeners.spawn(
-                udp_tunnel::serve(
-                    shared.clone(),
-                    b,
-                    conn.clone(),
-                    streams.clone(),
-                    flows.clone(),
-                    next_flow.clone(),
-                    claims.sub.clone(),
-                    cancel.clone(),
-                    tasks.clone(),
-                )
-                .instrument(span),
-            );
-        }
+    for b in bound_udp {
+        live.spawn_udp(&ctx, b);
     }
 
     let ended = loop {
@@ -571,8 +576,15 @@ async fn run_session(
                     let _ = write_frame(&mut ctrl.send, &Control::Pong(v)).await;
                 }
                 Ok(Some(Control::Pong(_))) => {}
-                Ok(Some(Control::TunnelUpdate(_))) => {
-                    tracing::warn!("agent sent a tunnel update; this relay applies tunnel changes on reconnect only");
+                Ok(Some(Control::TunnelUpdate(tunnels))) => {
+                    let reply = match live.update(&ctx, &claims, tunnels).await {
+                        Ok(()) => Control::Welcome(live.welcome(&ctx)),
+                        Err(r) => {
+                            tracing::warn!("tunnel update refused: {}: {}; the previous tunnels stay", r.reason, r.detail);
+                            Control::Reject(r)
+                        }
+                    };
+                    let _ = write_frame(&mut ctrl.send, &reply).await;
                 }
                 Ok(Some(other)) => {
                     tracing::warn!("unexpected control message from agent: {other:?}");
@@ -601,6 +613,247 @@ async fn run_session(
         tasks.wait().await;
     })
     .await;
+}
+
+/// What a running session needs to start and stop tunnels.
+struct SessionCtx {
+    shared: Arc<Shared>,
+    id: u64,
+    agent: String,
+    conn: Connection,
+    /// The agent's stream budget, shared by all its tunnels.
+    streams: Arc<tokio::sync::Semaphore>,
+    /// Ends every listener of the session.
+    cancel: CancellationToken,
+    /// Visitor connections and streams in flight.
+    tasks: TaskTracker,
+    /// Public-port listeners (and the udp datagram dispatcher).
+    listeners: TaskTracker,
+}
+
+/// The session's tunnels as registered now; a TunnelUpdate changes them in place.
+struct LiveTunnels {
+    specs: Vec<proto::TunnelSpec>,
+    /// `(tunnel id, public address, log line)` of each registered tunnel.
+    public: Vec<(u32, String, String)>,
+    /// Stops one tcp/udp tunnel's listener (a child of the session's `cancel`).
+    stops: HashMap<u32, CancellationToken>,
+    flows: udp_tunnel::SessionFlows,
+    next_flow: Arc<AtomicU64>,
+    dispatching: bool,
+}
+
+impl LiveTunnels {
+    fn welcome(&self, ctx: &SessionCtx) -> Welcome {
+        Welcome {
+            session: ctx.id,
+            agent: ctx.agent.clone(),
+            tunnels: self
+                .public
+                .iter()
+                .map(|(id, public, _)| Assigned {
+                    id: *id,
+                    public: public.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.public.iter().map(|(_, _, l)| l.clone()).collect()
+    }
+
+    fn spawn_tcp(&mut self, ctx: &SessionCtx, b: Bound) {
+        let stop = ctx.cancel.child_token();
+        self.stops.insert(b.id, stop.clone());
+        let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.listener.local_addr().map(|a| a.port()).unwrap_or(0));
+        ctx.listeners.spawn(
+            tcp_tunnel::serve(
+                ctx.shared.clone(),
+                b,
+                ctx.conn.clone(),
+                ctx.streams.clone(),
+                ctx.agent.clone(),
+                stop,
+                ctx.tasks.clone(),
+            )
+            .instrument(span),
+        );
+    }
+
+    fn spawn_udp(&mut self, ctx: &SessionCtx, b: udp_tunnel::BoundUdp) {
+        if !self.dispatching {
+            self.dispatching = true;
+            ctx.listeners.spawn(udp_tunnel::dispatch(
+                ctx.conn.clone(),
+                self.flows.clone(),
+                ctx.cancel.clone(),
+            ));
+        }
+        let stop = ctx.cancel.child_token();
+        self.stops.insert(b.id, stop.clone());
+        let span = tracing::info_span!("tunnel", tunnel = %b.name, port = b.socket.local_addr().map(|a| a.port()).unwrap_or(0));
+        ctx.listeners.spawn(
+            udp_tunnel::serve(
+                ctx.shared.clone(),
+                b,
+                ctx.conn.clone(),
+                ctx.streams.clone(),
+                self.flows.clone(),
+                self.next_flow.clone(),
+                ctx.agent.clone(),
+                stop,
+                ctx.tasks.clone(),
+            )
+            .instrument(span),
+        );
+    }
+
+    /// Apply the agent's new tunnel list, validated exactly like a Hello's. Tunnels whose id
+    /// and spec are unchanged stay as they are (their connections too); removed ones stop
+    /// listening (connections in flight finish); added ones are bound and routed. A refusal
+    /// found before anything is bound leaves every tunnel as it was.
+    async fn update(
+        &mut self,
+        ctx: &SessionCtx,
+        claims: &Claims,
+        new: Vec<proto::TunnelSpec>,
+    ) -> Result<(), Reject> {
+        let shared = &ctx.shared;
+        check_tunnels(shared, claims, &new)?;
+        let kept: Vec<u32> = new
+            .iter()
+            .filter(|t| self.specs.contains(t))
+            .map(|t| t.id)
+            .collect();
+        let removed: Vec<proto::TunnelSpec> = self
+            .specs
+            .iter()
+            .filter(|t| !kept.contains(&t.id))
+            .cloned()
+            .collect();
+        let added: Vec<proto::TunnelSpec> = new
+            .iter()
+            .filter(|t| !kept.contains(&t.id))
+            .cloned()
+            .collect();
+        if removed.is_empty() && added.is_empty() {
+            return Ok(());
+        }
+        // Streams name tunnels by id: a changed tunnel must come with a new one, or streams
+        // opened before and after the change could not be told apart.
+        if let Some(t) = added.iter().find(|a| removed.iter().any(|r| r.id == a.id)) {
+            return Err(reject(
+                RejectReason::BadTunnel,
+                format!(
+                    "tunnel id {} (`{}`) changed: a changed tunnel needs a new id",
+                    t.id, t.name
+                ),
+            ));
+        }
+        // A port that moves from a removed tunnel to an added one: free it first.
+        let port_of =
+            |t: &proto::TunnelSpec| (t.kind != TunnelKind::Http).then_some((t.kind, t.remote_port));
+        let reused: Vec<u32> = removed
+            .iter()
+            .filter(|r| port_of(r).is_some() && added.iter().any(|a| port_of(a) == port_of(r)))
+            .map(|r| r.id)
+            .collect();
+        for id in &reused {
+            if let Some(stop) = self.stops.remove(id) {
+                stop.cancel();
+            }
+        }
+        let bound = async {
+            let tcp = bind_retrying(|| bind_tunnels(shared, &added), !reused.is_empty()).await?;
+            let udp =
+                bind_retrying(|| bind_udp(shared, &added, &ctx.agent), !reused.is_empty()).await?;
+            let routes = claim_routes(shared, &added, &ctx.agent, ctx.id, &ctx.conn, &ctx.streams)?;
+            Ok::<_, Reject>((tcp, udp, routes))
+        }
+        .await;
+        let (bound, bound_udp, routes) = match bound {
+            Ok(b) => b,
+            Err(r) => {
+                // The tunnels whose port was to move are stopped already: they are gone.
+                if !reused.is_empty() {
+                    self.specs.retain(|t| !reused.contains(&t.id));
+                    self.public.retain(|(id, _, _)| !reused.contains(id));
+                    shared.registry.set_public(&ctx.agent, ctx.id, self.lines());
+                }
+                return Err(r);
+            }
+        };
+        // Committed: stop what was removed, start what was added.
+        let removed_ids: Vec<u32> = removed.iter().map(|t| t.id).collect();
+        for id in &removed_ids {
+            if let Some(stop) = self.stops.remove(id) {
+                stop.cancel();
+            }
+        }
+        release_tunnel_routes(shared, ctx.id, &removed_ids);
+        self.public.retain(|(id, _, _)| !removed_ids.contains(id));
+        for b in bound {
+            self.public.push((
+                b.id,
+                b.public.clone(),
+                format!("{} -> {}", b.public, b.name),
+            ));
+            self.spawn_tcp(ctx, b);
+        }
+        for b in bound_udp {
+            self.public.push((
+                b.id,
+                b.public.clone(),
+                format!("{} -> {}", b.public, b.name),
+            ));
+            self.spawn_udp(ctx, b);
+        }
+        for (id, url) in routes {
+            self.public.push((id, url.clone(), url));
+        }
+        self.specs = new;
+        let names = |v: &[proto::TunnelSpec]| {
+            v.iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            "tunnels updated by the agent: added [{}], removed [{}]; now: {}",
+            names(&added),
+            names(&removed),
+            self.lines().join(", ")
+        );
+        shared.registry.set_public(&ctx.agent, ctx.id, self.lines());
+        Ok(())
+    }
+}
+
+/// How long a tunnel update waits for a port its own stopped listener is releasing (the
+/// control loop, and so the answers to the agent's pings, waits meanwhile).
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
+
+/// Bind with `f`; when a port was just released by a stopped listener of this session, retry
+/// for up to [`RELEASE_WAIT`] while it frees.
+async fn bind_retrying<T, F, Fut>(f: F, retry: bool) -> Result<Vec<T>, Reject>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, Reject>>,
+{
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match f().await {
+            Err(r)
+                if retry
+                    && r.reason == RejectReason::InUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// While a session drains (shutdown, replaced): keep answering the agent's pings, or its

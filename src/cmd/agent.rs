@@ -108,6 +108,45 @@ pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
     Ok(cfg)
 }
 
+/// Re-read the agent's config (with `load`: the file plus the command line's flags) on
+/// SIGHUP and when `path` changes, and apply its tunnel list to the running agent, which
+/// sends it to the relay. A file that does not parse or validate is logged and the old
+/// tunnels stay.
+pub async fn watch(
+    path: std::path::PathBuf,
+    load: impl Fn() -> anyhow::Result<AgentConfig> + Send + 'static,
+    reloader: agent::Reloader,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let shown = path.display().to_string();
+    let watched = crate::reload::watch(path, shutdown, move |why| {
+        let loaded = load();
+        let reloader = reloader.clone();
+        let shown = shown.clone();
+        async move {
+            let applied = match loaded {
+                Ok(c) => reloader.apply(c).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match applied {
+                Ok(r) if r.tunnels_unchanged() && r.need_restart.is_empty() => {
+                    tracing::info!("reloaded {shown} ({why}): nothing changed")
+                }
+                Ok(r) if !r.need_restart.is_empty() => {
+                    tracing::warn!("reloaded {shown} ({why}): {r}")
+                }
+                Ok(r) => tracing::info!("reloaded {shown} ({why}): {r}"),
+                Err(e) => tracing::error!(
+                    "not reloading {shown} ({why}): {e:#}; the previous tunnels stay"
+                ),
+            }
+        }
+    });
+    if let Err(e) = watched.await {
+        tracing::warn!("cannot watch the config for changes: {e:#}");
+    }
+}
+
 /// Run the agent until SIGINT/SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let status_file = super::agent_status::path(args.status_file.as_ref());
@@ -119,6 +158,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = crate::signal::shutdown_token()?;
     crate::signal::raise_nofile_limit();
     let agent = Agent::new(cfg).await.context("starting the agent")?;
+    if let Some(path) = args.config.clone() {
+        let reloader = agent.reloader();
+        let args = args.clone();
+        tokio::spawn(watch(
+            path,
+            move || config_from(&args),
+            reloader,
+            shutdown.clone(),
+        ));
+    }
     let writer = tokio::spawn(super::agent_status::keep_written(
         agent.status(),
         agent.rtt_probe(),

@@ -37,7 +37,7 @@ pub fn config_of_ref(r: &RelayRef) -> anyhow::Result<RelayConfig> {
 /// Run the relay until SIGINT/SIGTERM.
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let mut config = config_of(args.config.as_ref(), args.dev)?;
-    if let Some(d) = args.data_dir {
+    if let Some(d) = args.data_dir.clone() {
         config.data_dir = d;
     }
     if let Some(q) = args.quic {
@@ -48,6 +48,22 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let relay = Relay::bind(config.clone())
         .await
         .context("starting the relay")?;
+    if let Some(path) = args.config.clone() {
+        let (data_dir, quic) = (args.data_dir.clone(), args.quic);
+        tokio::spawn(watch(
+            path,
+            move |c| {
+                if let Some(d) = &data_dir {
+                    c.data_dir = d.clone();
+                }
+                if let Some(q) = quic {
+                    c.listen.quic = q;
+                }
+            },
+            relay.reloader(),
+            shutdown.clone(),
+        ));
+    }
     if args.dev {
         print_dev_banner(&relay, &config)?;
     } else {
@@ -67,6 +83,55 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     relay.run(shutdown).await?;
     Ok(())
+}
+
+/// Re-read `path` on SIGHUP and when it changes, and apply its access rules to the running
+/// relay; `adjust` re-applies the command line's overrides. A file that does not parse or
+/// validate is logged (file:line and key, as at start) and the old rules stay.
+pub async fn watch(
+    path: PathBuf,
+    adjust: impl Fn(&mut RelayConfig) + Send + 'static,
+    reloader: relay::Reloader,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let shown = path.display().to_string();
+    let watched = crate::reload::watch(path.clone(), shutdown, move |why| {
+        reload_once(&path, &shown, why, &adjust, &reloader);
+        std::future::ready(())
+    });
+    if let Err(e) = watched.await {
+        tracing::warn!("cannot watch the config for changes: {e:#}");
+    }
+}
+
+fn reload_once(
+    path: &std::path::Path,
+    shown: &str,
+    why: crate::reload::Trigger,
+    adjust: &impl Fn(&mut RelayConfig),
+    reloader: &relay::Reloader,
+) {
+    {
+        let mut config = match crate::config_file::load_relay(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("not reloading {shown} ({why}): {e:#}; the previous settings stay");
+                return;
+            }
+        };
+        adjust(&mut config);
+        match reloader.apply(config) {
+            Ok(r) if r.is_unchanged() => {
+                tracing::info!("reloaded {shown} ({why}): nothing changed")
+            }
+            Ok(r) if r.applied.is_empty() => tracing::warn!("reloaded {shown} ({why}): {r}"),
+            Ok(r) if !r.need_restart.is_empty() => tracing::warn!("reloaded {shown} ({why}): {r}"),
+            Ok(r) => tracing::info!("reloaded {shown} ({why}): {r}"),
+            Err(e) => {
+                tracing::error!("not reloading {shown} ({why}): {e}; the previous settings stay")
+            }
+        }
+    }
 }
 
 fn print_dev_banner(relay: &Relay, config: &RelayConfig) -> anyhow::Result<()> {

@@ -101,6 +101,8 @@ pub struct TestRelay {
     pub clock: Arc<relay::access::OffsetClock>,
     keys: relay::TokenKeys,
     udp: relay::UdpMetrics,
+    /// Applies a changed config to the running relay (hot reload).
+    pub reloader: relay::Reloader,
     rt: Option<tokio::runtime::Runtime>,
     shutdown: CancellationToken,
     done: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -184,11 +186,12 @@ impl TestRelay {
                 relay.admin_token().to_string(),
                 keys,
                 relay.udp_metrics(),
+                relay.reloader(),
             ));
             relay.run(token).await.expect("relay run");
             let _ = done_tx.send(());
         });
-        let ([addr, https, http, admin], fingerprint, admin_token, keys, udp) =
+        let ([addr, https, http, admin], fingerprint, admin_token, keys, udp, reloader) =
             ready_rx.await.expect("relay started");
         config.listen.quic = addr;
         TestRelay {
@@ -202,6 +205,7 @@ impl TestRelay {
             clock,
             keys,
             udp,
+            reloader,
             rt: Some(rt),
             shutdown,
             done: Some(done_rx),
@@ -444,12 +448,15 @@ impl AgentBuilder {
     }
 
     pub async fn start(self) -> TestAgent {
-        let agent = Agent::new(self.config).await.expect("agent config");
+        let agent = Agent::new(self.config.clone()).await.expect("agent config");
         let status = agent.status();
+        let reloader = agent.reloader();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(agent.run(shutdown.clone()));
         TestAgent {
             status,
+            config: self.config,
+            reloader,
             shutdown,
             handle: Some(handle),
         }
@@ -458,6 +465,10 @@ impl AgentBuilder {
 
 pub struct TestAgent {
     pub status: watch::Receiver<Status>,
+    /// The config it started with.
+    pub config: AgentConfig,
+    /// Applies a changed config to the running agent (hot reload).
+    pub reloader: agent::Reloader,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<Result<(), agent::AgentError>>>,
 }

@@ -52,6 +52,8 @@ fn systemd_units_are_hardened() {
             ("Restart", "on-failure"),
             ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
             ("SystemCallFilter", "@system-service"),
+            // Hot reload (`systemctl reload`): the config is re-read on SIGHUP.
+            ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ] {
             assert!(has(&unit, k, v), "periscope-{name}.service lacks {k}={v}");
         }

@@ -178,7 +178,10 @@ pub(crate) fn meter(
     let Some(grant) = grant else {
         return resp;
     };
-    let limits = &shared.config.limits;
+    // streams_per_user and stream_time_limit follow a reload (relay.toml); the rest of
+    // `limits` is as the relay started.
+    let config = shared.live();
+    let limits = &config.limits;
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let live = upgraded || is_live(&resp);
     let stream = match (&grant.user, live) {

@@ -167,7 +167,7 @@ fn holder_valid(shared: &Shared, s: &Session) -> bool {
     match &s.holder {
         Holder::User { name, stamp } => shared.access.users.get(name).is_some_and(|u| {
             sessions::stamp(&u.hash) == *stamp
-                && may_login(shared.config.access_rule(&s.host), &u, &s.host)
+                && may_login(shared.live().access_rule(&s.host), &u, &s.host)
         }),
         Holder::Share { jti, .. } => !shared.revocations.contains(jti),
     }
@@ -211,7 +211,8 @@ pub(crate) async fn check(
     mut req: Request<Incoming>,
 ) -> Result<Request<Incoming>, Response<Body>> {
     let a = &shared.access;
-    let cfg = &shared.config;
+    let live = shared.live();
+    let cfg = &*live;
     let ip = v.peer.ip();
     let now = a.now();
     let rule = cfg.access_rule(host);
@@ -428,7 +429,8 @@ pub(crate) fn start_session(
 /// and drop the datagram silently on `false` (no reply, so no amplification), and re-ask on
 /// the flow's idle sweep so a logout or an expired session closes flows too.
 pub(crate) fn raw_allowed(shared: &Shared, ip: IpAddr, port: u16, agent: &str) -> bool {
-    let cfg = &shared.config;
+    let live = shared.live();
+    let cfg = &*live;
     let a = &shared.access;
     let now = a.now();
     let rule = cfg.port_rule(port);

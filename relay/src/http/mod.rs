@@ -71,7 +71,7 @@ pub(crate) async fn serve(
             },
         };
         let ip = peer.ip();
-        if shared.config.auth.deny_ips.iter().any(|c| c.contains(ip)) {
+        if shared.live().auth.deny_ips.iter().any(|c| c.contains(ip)) {
             tracing::debug!(visitor.addr = %peer, "refused: deny_ips");
             continue;
         }
