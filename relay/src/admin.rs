@@ -6,7 +6,7 @@
 //! The shell holds no data: it reads the token from the URL fragment (never sent to a server)
 //! and calls the API with it. No cookies, so no CSRF.
 
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{future::IntoFuture, path::PathBuf, sync::Arc, time::SystemTime};
 
 use axum::{
     extract::{Request, State},
@@ -48,7 +48,84 @@ fn digest(s: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// Serve the admin API on `listener` until `shutdown`.
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: the status page's static shell (it holds no data).
+    Open,
+    /// `Authorization: Bearer TOKEN` required.
+    Token,
+}
+
+/// Every route of the admin listener: method, path (axum/OpenAPI syntax), who may call it.
+/// The router is built from this list and the tests walk it (401 without the token, and the
+/// OpenAPI file `deploy/openapi.json` documents exactly these), so a route cannot be added
+/// without both.
+pub fn routes() -> Vec<(&'static str, &'static str, Access)> {
+    table().into_iter().map(|(m, p, a, _)| (m, p, a)).collect()
+}
+
+type Route = (
+    &'static str,
+    &'static str,
+    Access,
+    axum::routing::MethodRouter<AdminState>,
+);
+
+fn table() -> Vec<Route> {
+    use axum::routing::{delete, post};
+    use Access::{Open, Token};
+    vec![
+        ("GET", "/", Open, get(|| async { Html(STATUS_PAGE) })),
+        ("GET", "/healthz", Token, get(|| async { "ok\n" })),
+        ("GET", "/metrics", Token, get(metrics)),
+        ("GET", "/api/agents", Token, get(agents)),
+        ("GET", "/api/tunnels", Token, get(tunnels)),
+        ("GET", "/api/connections", Token, get(connections)),
+        ("DELETE", "/api/connections/{id}", Token, delete(close_conn)),
+        (
+            "POST",
+            "/api/connections/{id}/close",
+            Token,
+            post(close_conn),
+        ),
+        ("GET", "/api/bans", Token, get(bans)),
+        ("POST", "/api/bans", Token, post(add_ban)),
+        ("DELETE", "/api/bans/{ip}", Token, delete(unban)),
+        ("GET", "/api/users", Token, get(users)),
+        ("GET", "/api/tokens", Token, get(list_tokens)),
+        ("POST", "/api/tokens", Token, post(issue_token)),
+        (
+            "POST",
+            "/api/tokens/{jti}/revoke",
+            Token,
+            post(revoke_token),
+        ),
+        ("GET", "/api/shares", Token, get(list_shares)),
+        (
+            "POST",
+            "/api/shares/{jti}/revoke",
+            Token,
+            post(revoke_share),
+        ),
+    ]
+}
+
+fn app(state: AdminState) -> Router {
+    let mut open = Router::new();
+    let mut api = Router::new();
+    for (_, path, access, handler) in table() {
+        match access {
+            Access::Open => open = open.route(path, handler),
+            Access::Token => api = api.route(path, handler),
+        }
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    open.merge(api).with_state(state)
+}
+
+/// Serve the admin API on `listener` until `shutdown`; also samples the connections' bit
+/// rates once a second.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
@@ -56,31 +133,13 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let state = AdminState {
-        shared,
+        shared: shared.clone(),
         token_digest: digest(token.as_bytes()).into(),
     };
-    let api = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/api/agents", get(agents))
-        .route("/api/tunnels", get(tunnels))
-        .route("/api/bans", get(bans))
-        .route("/api/users", get(users))
-        .route("/api/tokens", axum::routing::post(issue_token))
-        .route(
-            "/api/tokens/{jti}/revoke",
-            axum::routing::post(revoke_token),
-        )
-        .route("/api/bans/{ip}", axum::routing::delete(unban))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    let app = Router::new()
-        .route("/", get(|| async { Html(STATUS_PAGE) }))
-        .merge(api)
-        .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(served.into_future(), shared.conns.sampler(shutdown));
+    if let Err(e) = served {
         tracing::warn!("admin listener failed: {e}");
     }
 }
@@ -112,6 +171,32 @@ async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
     s.metrics
         .http_routes
         .set(i64::try_from(s.routes.len()).unwrap_or(i64::MAX));
+    s.metrics
+        .bans_active
+        .set(count(s.access.bans.active_count(SystemTime::now())));
+    let mut by_type = [("http", 0usize), ("tcp", 0), ("udp", 0)];
+    for session in s.registry.sessions() {
+        for p in &session.public {
+            let t = tunnel_type(p);
+            if let Some(slot) = by_type.iter_mut().find(|(k, _)| *k == t) {
+                slot.1 += 1;
+            }
+        }
+    }
+    for (t, n) in by_type {
+        s.metrics
+            .tunnels
+            .get_or_create(&vec![("type", t)])
+            .set(count(n));
+    }
+    for (kind, n) in s.conns.count_by_kind() {
+        s.metrics
+            .visitor_connections_active
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: kind.as_str(),
+            })
+            .set(count(n));
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -165,29 +250,230 @@ async fn agents(State(st): State<AdminState>) -> Json<Vec<AgentView>> {
     Json(out)
 }
 
-/// One published tunnel.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `http`, `tcp` (also TLS-terminated) or `udp`, from a tunnel's public address.
+fn tunnel_type(public: &str) -> &'static str {
+    if public.starts_with("udp://") {
+        "udp"
+    } else if public.starts_with("tcp://") || public.starts_with("tls://") {
+        "tcp"
+    } else {
+        "http"
+    }
+}
+
+/// One published tunnel, with the traffic of its live connections.
 #[derive(Serialize)]
 struct TunnelView {
     agent: String,
+    /// `http`, `tcp` or `udp`.
+    r#type: &'static str,
+    /// Public URL (`https://…`) or address (`tcp://…:PORT`, `tls://…`, `udp://…`).
     public: String,
+    /// Public port.
+    port: u16,
+    /// The tunnel's name on the agent (tcp/udp), or its target `host:port` (http).
+    target: String,
+    /// Open streams (live connections; http: WebSockets and long responses), or udp flows.
+    streams: usize,
+    /// Bits per second from visitors, over the last few seconds.
+    in_bps: u64,
+    /// Bits per second to visitors, over the last few seconds.
+    out_bps: u64,
 }
 
 async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
-    let mut out: Vec<TunnelView> = st
-        .shared
-        .registry
-        .sessions()
-        .into_iter()
-        .flat_map(|s| {
-            let agent = s.agent.clone();
-            s.public.into_iter().map(move |public| TunnelView {
-                agent: agent.clone(),
+    let now = SystemTime::now();
+    let views: Vec<crate::conns::ConnView> =
+        st.shared.conns.list().iter().map(|e| e.view(now)).collect();
+    let mut out = Vec::new();
+    for s in st.shared.registry.sessions() {
+        for p in &s.public {
+            let (public, name) = match p.split_once(" -> ") {
+                Some((u, n)) => (u.to_string(), Some(n.to_string())),
+                None => (p.clone(), None),
+            };
+            let t = tunnel_type(&public);
+            let authority = public.split_once("://").map_or("", |(_, a)| a);
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().unwrap_or(0)),
+                None => (authority, if t == "http" { 443 } else { 0 }),
+            };
+            let target = match name {
+                Some(n) => n,
+                None => st
+                    .shared
+                    .routes
+                    .get(host)
+                    .map(|r| r.opts.target.clone())
+                    .unwrap_or_default(),
+            };
+            let mine = views
+                .iter()
+                .filter(|c| c.agent == s.agent && c.tunnel == public);
+            let (mut streams, mut in_bps, mut out_bps) = (0, 0u64, 0u64);
+            for c in mine {
+                streams += 1;
+                in_bps = in_bps.saturating_add(c.up_bps);
+                out_bps = out_bps.saturating_add(c.down_bps);
+            }
+            out.push(TunnelView {
+                agent: s.agent.clone(),
+                r#type: t,
                 public,
-            })
-        })
-        .collect();
+                port,
+                target,
+                streams,
+                in_bps,
+                out_bps,
+            });
+        }
+    }
     out.sort_by(|a, b| a.public.cmp(&b.public));
     Json(out)
+}
+
+/// Live visitor connections: WebSockets, long HTTP responses, tcp connections, udp flows.
+async fn connections(State(st): State<AdminState>) -> Json<Vec<crate::conns::ConnView>> {
+    let now = SystemTime::now();
+    Json(st.shared.conns.list().iter().map(|e| e.view(now)).collect())
+}
+
+/// End one connection at once; the others go on.
+async fn close_conn(
+    State(st): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> StatusCode {
+    if st.shared.conns.close(id) {
+        tracing::info!(connection = id, "connection closed through the admin API");
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+fn at(s: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .to_string()
+}
+
+/// One issued agent token (never the token itself).
+#[derive(Serialize)]
+struct TokenView {
+    jti: String,
+    agent: String,
+    hosts: Vec<String>,
+    issued: String,
+    expires: String,
+    expired: bool,
+    revoked: bool,
+    /// An agent is connected with it now.
+    connected: bool,
+}
+
+/// Tokens in the ledger (`DATA_DIR/issued.json`), newest first.
+async fn list_tokens(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<TokenView>>, (StatusCode, String)> {
+    let s = &st.shared;
+    let ledger = crate::ledger::Ledger::load(&s.config.data_dir)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::token::unix_now(SystemTime::now());
+    let live: Vec<String> = s.registry.sessions().into_iter().map(|x| x.jti).collect();
+    let mut out: Vec<TokenView> = ledger
+        .tokens
+        .into_iter()
+        .map(|t| TokenView {
+            revoked: s.revocations.contains(&t.jti),
+            connected: live.contains(&t.jti),
+            expired: t.expires < now,
+            issued: at(t.issued),
+            expires: at(t.expires),
+            jti: t.jti,
+            agent: t.agent,
+            hosts: t.hosts,
+        })
+        .collect();
+    out.reverse();
+    Ok(Json(out))
+}
+
+/// One issued share link (never the link itself).
+#[derive(Serialize)]
+struct ShareView {
+    jti: String,
+    host: String,
+    label: String,
+    issued: String,
+    expires: String,
+    expired: bool,
+    revoked: bool,
+}
+
+/// Share links in the ledger, newest first.
+async fn list_shares(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<ShareView>>, (StatusCode, String)> {
+    let s = &st.shared;
+    let ledger = crate::ledger::Ledger::load(&s.config.data_dir)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::token::unix_now(SystemTime::now());
+    let mut out: Vec<ShareView> = ledger
+        .shares
+        .into_iter()
+        .map(|t| ShareView {
+            revoked: s.revocations.contains(&t.jti),
+            expired: t.expires < now,
+            issued: at(t.issued),
+            expires: at(t.expires),
+            jti: t.jti,
+            host: t.host,
+            label: t.label,
+        })
+        .collect();
+    out.reverse();
+    Ok(Json(out))
+}
+
+/// A token or link id: hex, as issued.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Add `jti` to the revocation list and make the running relay see it now.
+fn revoke(st: &AdminState, jti: &str) -> Result<bool, (StatusCode, String)> {
+    if !valid_id(jti) {
+        return Err((StatusCode::BAD_REQUEST, "not a token or link id\n".into()));
+    }
+    let s = &st.shared;
+    let revoked = crate::token::Revocations::revoke(&s.config.data_dir, jti, SystemTime::now())
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Err(e) = s.revocations.reload_if_changed() {
+        tracing::warn!("cannot read the revocation list: {e}");
+    }
+    Ok(revoked)
+}
+
+/// Revoke a share link: the link is refused from now on, and streams opened with it end.
+async fn revoke_share(
+    State(st): State<AdminState>,
+    axum::extract::Path(jti): axum::extract::Path<String>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let revoked = revoke(&st, &jti)?;
+    let who = format!("share:{jti}");
+    let closed = st
+        .shared
+        .conns
+        .close_where(|c| c.user.as_deref() == Some(who.as_str()));
+    tracing::info!(link = %jti, closed, "share link revoked through the admin API");
+    Ok(if revoked {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CONFLICT
+    })
 }
 
 /// `POST /api/tokens`: what `periscope token issue` takes.
@@ -248,6 +534,8 @@ async fn issue_token(
             SystemTime::now(),
         )
         .map_err(|e| bad(e.to_string()))?;
+    crate::ledger::Ledger::record_token(&st.shared.config.data_dir, &claims, SystemTime::now())
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     tracing::info!(agent = %claims.sub, id = %claims.jti, "token issued through the admin API");
     Ok(Json(IssuedView {
         token,
@@ -260,14 +548,15 @@ async fn issue_token(
     }))
 }
 
-/// Revoke a token by id; a connected agent using it is disconnected within seconds.
+/// Revoke a token by id; a connected agent using it is disconnected at once.
 async fn revoke_token(
     State(st): State<AdminState>,
     axum::extract::Path(jti): axum::extract::Path<String>,
 ) -> Result<StatusCode, (StatusCode, String)> {
-    let revoked =
-        crate::token::Revocations::revoke(&st.shared.config.data_dir, &jti, SystemTime::now())
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let revoked = revoke(&st, &jti)?;
+    st.shared
+        .registry
+        .close_where(|s| (s.jti == jti).then_some((proto::codes::CLOSE_REVOKED, "token revoked")));
     if revoked {
         tracing::info!(id = %jti, "token revoked through the admin API");
         Ok(StatusCode::NO_CONTENT)
@@ -339,20 +628,61 @@ async fn bans(State(st): State<AdminState>) -> Result<Json<Vec<BanView>>, (Statu
     ))
 }
 
-/// Lift the ban of one address; the relay follows within a second (it re-reads the file).
+/// `POST /api/bans`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    ip: std::net::IpAddr,
+    /// e.g. `"1h"`, `"7d"`, or `"forever"`.
+    duration: String,
+}
+
+/// Ban an address at once: new connections are refused and its live ones end.
+async fn add_ban(
+    State(st): State<AdminState>,
+    Json(body): Json<BanBody>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let now = SystemTime::now();
+    let until = if body.duration == "forever" {
+        0
+    } else {
+        let d = humantime::parse_duration(&body.duration).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("duration: {e} (use e.g. 1h, 7d or forever)\n"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err((StatusCode::BAD_REQUEST, "duration must be > 0\n".into()));
+        }
+        crate::token::unix_now(now).saturating_add(d.as_secs().max(1))
+    };
+    let s = &st.shared;
+    s.access
+        .bans
+        .add(body.ip, until, now)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    s.metrics.bans_total.inc();
+    let ip = body.ip;
+    let closed = s.conns.close_where(|c| c.visitor.ip() == ip);
+    tracing::info!(%ip, closed, "address banned through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lift the ban of one address, at once.
 async fn unban(
     State(st): State<AdminState>,
     axum::extract::Path(ip): axum::extract::Path<std::net::IpAddr>,
 ) -> Result<StatusCode, (StatusCode, String)> {
-    let dir = &st.shared.config.data_dir;
-    let err = |e: RelayError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let mut file = BanFile::load(dir).map_err(err)?;
-    let before = file.bans.len();
-    file.bans.retain(|b| b.ip != ip);
-    if file.bans.len() == before {
+    let removed = st
+        .shared
+        .access
+        .bans
+        .remove(ip)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !removed {
         return Ok(StatusCode::NOT_FOUND);
     }
-    file.save(dir).map_err(err)?;
     tracing::info!(%ip, "ban lifted through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -46,6 +46,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 },
                 SystemTime::now(),
             )?;
+            relay::ledger::Ledger::record_token(&config.data_dir, &claims, SystemTime::now())
+                .context("recording the token in the ledger (issued.json)")?;
             eprintln!(
                 "token for agent `{}` (id {}, expires in {}): hosts [{}], tcp [{}], udp [{}]",
                 claims.sub,

@@ -164,6 +164,47 @@ impl Bans {
         true
     }
 
+    /// Ban `ip` until `until` (unix seconds, 0 = forever) at once, and save the list (the
+    /// admin API's `POST /api/bans`).
+    pub(crate) fn add(&self, ip: IpAddr, until: u64, now: SystemTime) -> Result<(), RelayError> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.0.bans.retain(|b| b.ip != ip);
+        f.0.bans.push(Ban {
+            ip,
+            since: unix_now(now),
+            until,
+            user: "(admin API)".into(),
+        });
+        f.0.save(&self.dir)?;
+        f.1 = self.mtime();
+        Ok(())
+    }
+
+    /// Lift the ban of `ip` at once and save the list; false when it was not banned.
+    pub(crate) fn remove(&self, ip: IpAddr) -> Result<bool, RelayError> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let before = f.0.bans.len();
+        f.0.bans.retain(|b| b.ip != ip);
+        if f.0.bans.len() == before {
+            return Ok(false);
+        }
+        f.0.save(&self.dir)?;
+        f.1 = self.mtime();
+        drop(f);
+        self.success(ip);
+        Ok(true)
+    }
+
+    /// Bans in force at `now`.
+    pub(crate) fn active_count(&self, now: SystemTime) -> usize {
+        let secs = unix_now(now);
+        let f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.0.bans
+            .iter()
+            .filter(|b| b.until == 0 || b.until > secs)
+            .count()
+    }
+
     /// A successful login clears the address's failure history.
     pub(crate) fn success(&self, ip: IpAddr) {
         self.failures

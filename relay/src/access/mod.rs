@@ -375,7 +375,9 @@ pub(crate) async fn authenticate(
         _ => {
             tracing::warn!(visitor.addr = %ip, user = ?name, host, "login failed");
             a.throttle.failure(&name, now, window);
+            shared.metrics.login_failures.inc();
             if a.bans.failure(ip, &name, now) {
+                shared.metrics.bans_total.inc();
                 tracing::warn!(
                     visitor.addr = %ip,
                     user = ?name,
