@@ -687,35 +687,75 @@ async fn unban(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The status page: static, no third-party assets; polls the API with the token from the URL
-/// fragment (`http://127.0.0.1:9090/#TOKEN`).
-const STATUS_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8">
+/// The status page: static, self-contained (no third-party assets), readable on a phone; polls
+/// the API every 2 s with the token from the URL fragment (`http://127.0.0.1:9090/#TOKEN`).
+/// Every value from the API is escaped before it goes into the page.
+const STATUS_PAGE: &str = r##"<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>Periscope relay</title>
-<style>body{font-family:system-ui,sans-serif;margin:1rem auto;max-width:60rem;padding:0 1rem;color:#222}
-table{border-collapse:collapse;width:100%;margin-bottom:1.5rem}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;font-size:.9rem}
-th{background:#f4f4f4}.ok{color:#180}.err{color:#b00}code{font-size:.85rem}</style></head>
-<body><h1>Periscope relay</h1><p id="state">loading…</p>
-<h2>Agents</h2><table id="agents"><tr><th>agent</th><th>transport</th><th>address</th><th>RTT</th><th>connected</th><th>tunnels</th></tr></table>
+<style>
+:root{--ok:#187a2f;--warn:#a86400;--err:#b00020;--line:#e3e3e3}
+body{font-family:system-ui,-apple-system,sans-serif;margin:0 auto;max-width:72rem;padding:.5rem 1rem 2rem;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.4rem;margin:.6rem 0}h2{font-size:1.1rem;margin:1.4rem 0 .4rem}
+.cards{display:flex;flex-wrap:wrap;gap:.5rem}.card{background:#fff;border:1px solid var(--line);border-radius:.5rem;padding:.4rem .8rem;min-width:7rem}
+.card b{display:block;font-size:1.3rem}.card span{font-size:.8rem;color:#555}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;background:#fff;border:1px solid var(--line);border-radius:.5rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .55rem;border-bottom:1px solid var(--line);font-size:.88rem;white-space:nowrap}
+th{background:#f2f2f4;font-weight:600}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:8rem}
+.ok{color:var(--ok)}.warn{color:var(--warn)}.err{color:var(--err)}.muted{color:#777}code{font-size:.82rem}
+.kind{display:inline-block;padding:0 .4rem;border-radius:.3rem;background:#eef;font-size:.78rem}
+button{font:inherit;font-size:.82rem;padding:.2rem .6rem;border:1px solid var(--err);color:var(--err);background:#fff;border-radius:.3rem;cursor:pointer}
+button:hover{background:var(--err);color:#fff}
+@media (max-width:40rem){body{padding:.3rem .5rem}th,td{padding:.3rem .35rem;font-size:.8rem}.hide-s{display:none}}
+</style></head>
+<body><h1>Periscope relay</h1><p id="state" class="muted">loading…</p>
+<div class="cards"><div class="card"><b id="n-agents">–</b><span>agents</span></div><div class="card"><b id="n-tunnels">–</b><span>tunnels</span></div><div class="card"><b id="n-conns">–</b><span>live connections</span></div><div class="card"><b id="n-rate">–</b><span>to visitors</span></div><div class="card"><b id="n-bans">–</b><span>bans</span></div></div>
+<h2>Active connections</h2><div class="scroll"><table id="conns"><thead><tr><th>kind</th><th>visitor</th><th>user</th><th>host / path</th><th>bit rate ↓ / ↑</th><th class="hide-s">bytes ↓ / ↑</th><th>duration</th><th></th></tr></thead><tbody></tbody></table></div>
+<h2>Agents</h2><div class="scroll"><table id="agents"><thead><tr><th>agent</th><th>health</th><th>transport</th><th class="hide-s">address</th><th>RTT</th><th>connected</th><th class="hide-s">token expires</th></tr></thead><tbody></tbody></table></div>
+<h2>Tunnels</h2><div class="scroll"><table id="tunnels"><thead><tr><th>public URL</th><th>type</th><th>target</th><th>agent</th><th>streams</th><th>in / out</th></tr></thead><tbody></tbody></table></div>
+<h2>Recent bans</h2><div class="scroll"><table id="bans"><thead><tr><th>address</th><th>since</th><th>until</th><th>last user</th><th></th></tr></thead><tbody></tbody></table></div>
 <script>
-const token = decodeURIComponent(location.hash.slice(1));
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-function dur(s){const h=Math.floor(s/3600),m=Math.floor(s%3600/60);return h?h+" h "+m+" min":m?m+" min":s+" s";}
+"use strict";
+const token=decodeURIComponent(location.hash.slice(1));
+const esc=s=>String(s??"").replace(/[&<>"']/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+const dur=s=>{const d=Math.floor(s/86400),h=Math.floor(s%86400/3600),m=Math.floor(s%3600/60);return d?d+" d "+h+" h":h?h+" h "+m+" min":m?m+" min "+(s%60)+" s":s+" s";};
+const rate=b=>b>=1e6?(b/1e6).toFixed(1)+" Mbit/s":b>=1e3?(b/1e3).toFixed(0)+" kbit/s":b+" bit/s";
+const size=b=>b>=1<<30?(b/(1<<30)).toFixed(1)+" GiB":b>=1<<20?(b/(1<<20)).toFixed(1)+" MiB":b>=1024?(b/1024).toFixed(0)+" KiB":b+" B";
+const when=t=>t==="forever"?"forever":new Date(t).toLocaleString();
+async function api(path,method){
+  const r=await fetch(path,{method:method||"GET",headers:{Authorization:"Bearer "+token}});
+  if(!r.ok&&r.status!==404)throw new Error(path+" answered "+r.status);
+  return method?null:r.json();
+}
+function rows(id,list,empty,row){
+  const tb=document.querySelector("#"+id+" tbody");
+  tb.innerHTML=list.length?list.map(row).join(""):'<tr><td colspan="8" class="muted">'+empty+"</td></tr>";
+}
+async function act(method,path){try{await api(path,method);}catch(e){}tick();}
 async function tick(){
   const st=document.getElementById("state");
-  if(!token){st.innerHTML='Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).';return;}
+  if(!token){st.innerHTML="Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).";return;}
   try{
-    const r=await fetch("/api/agents",{headers:{Authorization:"Bearer "+token}});
-    if(!r.ok){st.className="err";st.textContent="API answered "+r.status;return;}
-    const agents=await r.json();
-    st.className="ok";st.textContent=agents.length+" agent(s) connected · updated "+new Date().toLocaleTimeString();
-    const t=document.getElementById("agents");
-    t.querySelectorAll("tr.row").forEach(e=>e.remove());
-    for(const a of agents){
-      const tr=document.createElement("tr");tr.className="row";
-      tr.innerHTML="<td>"+esc(a.name)+" <small>"+esc(a.version)+"</small></td><td>"+esc(a.transport)+"</td><td>"+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+"</td><td>"+a.tunnels.map(u=>"<code>"+esc(u)+"</code>").join("<br>")+"</td>";
-      t.appendChild(tr);
-    }
-  }catch(e){st.className="err";st.textContent="relay unreachable: "+e;}
+    const [agents,tunnels,conns,bans]=await Promise.all(["/api/agents","/api/tunnels","/api/connections","/api/bans"].map(p=>api(p)));
+    const now=Date.now()/1000;
+    rows("conns",conns,"no live connections",c=>"<tr><td><span class=kind>"+esc(c.kind)+"</span></td><td>"+esc(c.visitor)+"</td><td>"+(c.user?esc(c.user):'<span class=muted>–</span>')+'</td><td class=path>'+esc(c.host)+esc(c.path)+"</td><td>"+rate(c.down_bps)+" / "+rate(c.up_bps)+'</td><td class=hide-s>'+size(c.bytes_down)+" / "+size(c.bytes_up)+"</td><td>"+dur(c.duration_secs)+'</td><td><button data-close="'+c.id+'">close</button></td></tr>');
+    rows("agents",agents,"no agent connected",a=>{
+      const exp=(new Date(a.token_expires).getTime()/1000)-now;
+      const h=a.rtt_ms>1000?'<span class=err>slow</span>':a.rtt_ms>300?'<span class=warn>degraded</span>':'<span class=ok>healthy</span>';
+      return "<tr><td>"+esc(a.name)+' <small class=muted>'+esc(a.version)+"</small></td><td>"+h+"</td><td>"+esc(a.transport)+'</td><td class=hide-s>'+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+'</td><td class="hide-s '+(exp<7*86400?"warn":"")+'">'+esc(when(a.token_expires))+"</td></tr>";});
+    rows("tunnels",tunnels,"no tunnels",t=>"<tr><td>"+(t.type==="http"?'<a href="'+esc(t.public)+'" rel="noreferrer">'+esc(t.public)+"</a>":"<code>"+esc(t.public)+"</code>")+"</td><td>"+esc(t.type)+"</td><td>"+esc(t.target)+"</td><td>"+esc(t.agent)+"</td><td>"+t.streams+"</td><td>"+rate(t.in_bps)+" / "+rate(t.out_bps)+"</td></tr>");
+    rows("bans",bans,"no bans",b=>"<tr><td>"+esc(b.ip)+"</td><td>"+esc(when(b.since))+"</td><td>"+esc(when(b.until))+"</td><td>"+esc(b.last_user)+'</td><td><button data-unban="'+esc(b.ip)+'">lift</button></td></tr>');
+    document.getElementById("n-agents").textContent=agents.length;
+    document.getElementById("n-tunnels").textContent=tunnels.length;
+    document.getElementById("n-conns").textContent=conns.length;
+    document.getElementById("n-rate").textContent=rate(conns.reduce((s,c)=>s+c.down_bps,0));
+    document.getElementById("n-bans").textContent=bans.length;
+    st.className="ok";st.textContent="live · updated "+new Date().toLocaleTimeString();
+  }catch(e){st.className="err";st.textContent="relay unreachable or token refused: "+e.message;}
 }
+document.addEventListener("click",e=>{
+  const c=e.target.closest("[data-close]"),u=e.target.closest("[data-unban]");
+  if(c)act("DELETE","/api/connections/"+encodeURIComponent(c.dataset.close));
+  if(u)act("DELETE","/api/bans/"+encodeURIComponent(u.dataset.unban));
+});
 tick();setInterval(tick,2000);
-</script></body></html>"#;
+</script></body></html>"##;
