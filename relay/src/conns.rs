@@ -106,7 +106,7 @@ impl Entry {
 
     /// Closed through the API.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Fires when the connection is closed through the API.
@@ -124,7 +124,7 @@ impl Entry {
     }
 
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::SeqCst);
         self.waker.wake();
         self.cancel.cancel();
         if let Some(t) = self.abort.get() {
