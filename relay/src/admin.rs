@@ -700,7 +700,7 @@ h1{font-size:1.4rem;margin:.6rem 0}h2{font-size:1.1rem;margin:1.4rem 0 .4rem}
 .card b{display:block;font-size:1.3rem}.card span{font-size:.8rem;color:#555}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;background:#fff;border:1px solid var(--line);border-radius:.5rem}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .55rem;border-bottom:1px solid var(--line);font-size:.88rem;white-space:nowrap}
-th{background:#f2f2f4;font-weight:600}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:8rem}
+th{background:#f2f2f4;font-weight:600}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:7rem;max-width:22rem}
 .ok{color:var(--ok)}.warn{color:var(--warn)}.err{color:var(--err)}.muted{color:#777}code{font-size:.82rem}
 .kind{display:inline-block;padding:0 .4rem;border-radius:.3rem;background:#eef;font-size:.78rem}
 button{font:inherit;font-size:.82rem;padding:.2rem .6rem;border:1px solid var(--err);color:var(--err);background:#fff;border-radius:.3rem;cursor:pointer}
@@ -709,7 +709,7 @@ button:hover{background:var(--err);color:#fff}
 </style></head>
 <body><h1>Periscope relay</h1><p id="state" class="muted">loading…</p>
 <div class="cards"><div class="card"><b id="n-agents">–</b><span>agents</span></div><div class="card"><b id="n-tunnels">–</b><span>tunnels</span></div><div class="card"><b id="n-conns">–</b><span>live connections</span></div><div class="card"><b id="n-rate">–</b><span>to visitors</span></div><div class="card"><b id="n-bans">–</b><span>bans</span></div></div>
-<h2>Active connections</h2><div class="scroll"><table id="conns"><thead><tr><th>kind</th><th>visitor</th><th>user</th><th>host / path</th><th>bit rate ↓ / ↑</th><th class="hide-s">bytes ↓ / ↑</th><th>duration</th><th></th></tr></thead><tbody></tbody></table></div>
+<h2>Active connections</h2><div class="scroll"><table id="conns"><thead><tr><th></th><th>host / path</th><th>bit rate ↓ / ↑</th><th>duration</th><th>visitor</th><th>user</th><th>kind</th><th class="hide-s">bytes ↓ / ↑</th></tr></thead><tbody></tbody></table></div>
 <h2>Agents</h2><div class="scroll"><table id="agents"><thead><tr><th>agent</th><th>health</th><th>transport</th><th class="hide-s">address</th><th>RTT</th><th>connected</th><th class="hide-s">token expires</th></tr></thead><tbody></tbody></table></div>
 <h2>Tunnels</h2><div class="scroll"><table id="tunnels"><thead><tr><th>public URL</th><th>type</th><th>target</th><th>agent</th><th>streams</th><th>in / out</th></tr></thead><tbody></tbody></table></div>
 <h2>Recent bans</h2><div class="scroll"><table id="bans"><thead><tr><th>address</th><th>since</th><th>until</th><th>last user</th><th></th></tr></thead><tbody></tbody></table></div>
@@ -737,7 +737,7 @@ async function tick(){
   try{
     const [agents,tunnels,conns,bans]=await Promise.all(["/api/agents","/api/tunnels","/api/connections","/api/bans"].map(p=>api(p)));
     const now=Date.now()/1000;
-    rows("conns",conns,"no live connections",c=>"<tr><td><span class=kind>"+esc(c.kind)+"</span></td><td>"+esc(c.visitor)+"</td><td>"+(c.user?esc(c.user):'<span class=muted>–</span>')+'</td><td class=path>'+esc(c.host)+esc(c.path)+"</td><td>"+rate(c.down_bps)+" / "+rate(c.up_bps)+'</td><td class=hide-s>'+size(c.bytes_down)+" / "+size(c.bytes_up)+"</td><td>"+dur(c.duration_secs)+'</td><td><button data-close="'+c.id+'">close</button></td></tr>');
+    rows("conns",conns,"no live connections",c=>'<tr><td><button data-close="'+c.id+'" title="end this connection now">close</button></td><td class=path>'+esc(c.host)+esc(c.path)+"</td><td>"+rate(c.down_bps)+" / "+rate(c.up_bps)+"</td><td>"+dur(c.duration_secs)+"</td><td>"+esc(c.visitor)+"</td><td>"+(c.user?esc(c.user):'<span class=muted>–</span>')+"</td><td><span class=kind>"+esc(c.kind)+'</span></td><td class=hide-s>'+size(c.bytes_down)+" / "+size(c.bytes_up)+"</td></tr>");
     rows("agents",agents,"no agent connected",a=>{
       const exp=(new Date(a.token_expires).getTime()/1000)-now;
       const h=a.rtt_ms>1000?'<span class=err>slow</span>':a.rtt_ms>300?'<span class=warn>degraded</span>':'<span class=ok>healthy</span>';
