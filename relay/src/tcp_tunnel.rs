@@ -75,7 +75,7 @@ pub(crate) async fn serve(
         let entry = shared.conns.register(NewConn {
             kind: Kind::Tcp,
             visitor: peer,
-            user: None,
+            user: crate::access::raw_user(&shared, peer.ip(), &agent),
             host: format!(":{port}"),
             path: String::new(),
             agent: agent.clone(),

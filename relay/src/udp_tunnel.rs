@@ -358,7 +358,7 @@ pub(crate) async fn serve(
                     track: shared.conns.register(crate::conns::NewConn {
                         kind: crate::conns::Kind::Udp,
                         visitor,
-                        user: None,
+                        user: crate::access::raw_user(&shared, visitor.ip(), &agent),
                         host: format!(":{}", server.port()),
                         path: String::new(),
                         agent: agent.clone(),

@@ -945,8 +945,11 @@ async fn token_and_share_ledger_revocations_and_bans_take_effect_at_once() {
     agent.stop().await;
 
     // Share links: issued by the CLI, listed, revoked through the API.
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+    let port = free_port();
+    let echo = echo_server().await;
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[port]))
         .http("cam", nvr.addr)
+        .tcp("echo", echo, port)
         .start()
         .await;
     agent.connected().await;
@@ -1003,6 +1006,20 @@ async fn token_and_share_ledger_revocations_and_bans_take_effect_at_once() {
     let share_id = shares[0]["jti"].as_str().unwrap().to_string();
     let list = connections(&relay).await;
     assert_eq!(list[0]["user"], format!("share:{share_id}"), "{list:#?}");
+    // So is a raw-port connection from the address the link logged in.
+    let tcp = visit(port).await;
+    let mut listed: Vec<serde_json::Value>;
+    assert_eventually!(
+        {
+            listed = connections(&relay).await;
+            listed.iter().any(|c| c["kind"] == "tcp")
+        },
+        5,
+        "the tcp connection is listed: {listed:#?}"
+    );
+    let raw = listed.iter().find(|c| c["kind"] == "tcp").unwrap();
+    assert_eq!(raw["user"], format!("share:{share_id}"), "{raw}");
+    drop(tcp);
     let (code, _) = admin_call(
         &relay,
         "POST",
