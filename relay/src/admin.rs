@@ -534,8 +534,12 @@ async fn issue_token(
             SystemTime::now(),
         )
         .map_err(|e| bad(e.to_string()))?;
-    crate::ledger::Ledger::record_token(&st.shared.config.data_dir, &claims, SystemTime::now())
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The token is signed: hand it out even if the ledger cannot be written (it is a list).
+    if let Err(e) =
+        crate::ledger::Ledger::record_token(&st.shared.config.data_dir, &claims, SystemTime::now())
+    {
+        tracing::warn!(id = %claims.jti, "token not recorded in the ledger: {e}");
+    }
     tracing::info!(agent = %claims.sub, id = %claims.jti, "token issued through the admin API");
     Ok(Json(IssuedView {
         token,

@@ -15,7 +15,6 @@ pub const KEEP_EXPIRED: std::time::Duration = std::time::Duration::from_secs(30 
 
 /// The ledger file.
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Ledger {
     /// Agent tokens.
     #[serde(default)]

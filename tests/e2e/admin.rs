@@ -1083,6 +1083,20 @@ async fn token_and_share_ledger_revocations_and_bans_take_effect_at_once() {
         StatusCode::FORBIDDEN,
         "still revoked, but not banned"
     );
+    // A damaged ledger: the listing says so, issuing still hands out the token.
+    std::fs::write(relay.data_dir().join("issued.json"), b"{\"tokens\": [1").unwrap();
+    let (code, _) = admin_get(&relay, "/api/tokens", Some(&token)).await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
+    let (code, issued) = admin_call(
+        &relay,
+        "POST",
+        "/api/tokens",
+        Some(&token),
+        r#"{"agent":"spare","ttl":"2h"}"#,
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{issued}");
+    assert!(issued.contains("\"token\":\"ey"), "{issued}");
     agent.stop().await;
     relay.stop().await;
 }
