@@ -352,8 +352,8 @@ async fn forward(
     }
     let upgrade = h2_websocket || wants_upgrade(req.headers());
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // For the connections list, should this become a WebSocket or a long response (cheap:
-    // the path shares the request's buffer).
+    // Kept for the connections list in case this becomes a WebSocket or a long response
+    // (cheap: the path shares the request's buffer).
     let uri = req.uri().clone();
     if let Some(n) = hyper::body::Body::size_hint(req.body()).exact() {
         shared.metrics.http_bytes_up().inc_by(n);
@@ -721,6 +721,23 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn long_responses_are_streams_and_large_bodies() {
+        let resp = |code: u16, len: Option<&str>| {
+            let mut b = Response::builder().status(code);
+            if let Some(l) = len {
+                b = b.header(header::CONTENT_LENGTH, l);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(is_long(&resp(200, None)), "MJPEG, chunked: no length");
+        assert!(is_long(&resp(200, Some("104857600"))), "a large download");
+        assert!(!is_long(&resp(200, Some("5120"))));
+        assert!(!is_long(&resp(204, None)));
+        assert!(!is_long(&resp(304, None)));
+        assert!(!is_long(&resp(200, Some("nonsense"))));
     }
 
     #[test]
