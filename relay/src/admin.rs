@@ -6,7 +6,7 @@
 //! The shell holds no data: it reads the token from the URL fragment (never sent to a server)
 //! and calls the API with it. No cookies, so no CSRF.
 
-use std::{path::PathBuf, sync::Arc, time::SystemTime};
+use std::{future::IntoFuture, path::PathBuf, sync::Arc, time::SystemTime};
 
 use axum::{
     extract::{Request, State},
@@ -48,7 +48,84 @@ fn digest(s: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// Serve the admin API on `listener` until `shutdown`.
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: the status page's static shell (it holds no data).
+    Open,
+    /// `Authorization: Bearer TOKEN` required.
+    Token,
+}
+
+/// Every route of the admin listener: method, path (axum/OpenAPI syntax), who may call it.
+/// The router is built from this list and the tests walk it (401 without the token, and the
+/// OpenAPI file `deploy/openapi.json` documents exactly these), so a route cannot be added
+/// without both.
+pub fn routes() -> Vec<(&'static str, &'static str, Access)> {
+    table().into_iter().map(|(m, p, a, _)| (m, p, a)).collect()
+}
+
+type Route = (
+    &'static str,
+    &'static str,
+    Access,
+    axum::routing::MethodRouter<AdminState>,
+);
+
+fn table() -> Vec<Route> {
+    use axum::routing::{delete, post};
+    use Access::{Open, Token};
+    vec![
+        ("GET", "/", Open, get(|| async { Html(STATUS_PAGE) })),
+        ("GET", "/healthz", Token, get(|| async { "ok\n" })),
+        ("GET", "/metrics", Token, get(metrics)),
+        ("GET", "/api/agents", Token, get(agents)),
+        ("GET", "/api/tunnels", Token, get(tunnels)),
+        ("GET", "/api/connections", Token, get(connections)),
+        ("DELETE", "/api/connections/{id}", Token, delete(close_conn)),
+        (
+            "POST",
+            "/api/connections/{id}/close",
+            Token,
+            post(close_conn),
+        ),
+        ("GET", "/api/bans", Token, get(bans)),
+        ("POST", "/api/bans", Token, post(add_ban)),
+        ("DELETE", "/api/bans/{ip}", Token, delete(unban)),
+        ("GET", "/api/users", Token, get(users)),
+        ("GET", "/api/tokens", Token, get(list_tokens)),
+        ("POST", "/api/tokens", Token, post(issue_token)),
+        (
+            "POST",
+            "/api/tokens/{jti}/revoke",
+            Token,
+            post(revoke_token),
+        ),
+        ("GET", "/api/shares", Token, get(list_shares)),
+        (
+            "POST",
+            "/api/shares/{jti}/revoke",
+            Token,
+            post(revoke_share),
+        ),
+    ]
+}
+
+fn app(state: AdminState) -> Router {
+    let mut open = Router::new();
+    let mut api = Router::new();
+    for (_, path, access, handler) in table() {
+        match access {
+            Access::Open => open = open.route(path, handler),
+            Access::Token => api = api.route(path, handler),
+        }
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    open.merge(api).with_state(state)
+}
+
+/// Serve the admin API on `listener` until `shutdown`; also samples the connections' bit
+/// rates once a second.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
@@ -56,31 +133,13 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let state = AdminState {
-        shared,
+        shared: shared.clone(),
         token_digest: digest(token.as_bytes()).into(),
     };
-    let api = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
-        .route("/api/agents", get(agents))
-        .route("/api/tunnels", get(tunnels))
-        .route("/api/bans", get(bans))
-        .route("/api/users", get(users))
-        .route("/api/tokens", axum::routing::post(issue_token))
-        .route(
-            "/api/tokens/{jti}/revoke",
-            axum::routing::post(revoke_token),
-        )
-        .route("/api/bans/{ip}", axum::routing::delete(unban))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    let app = Router::new()
-        .route("/", get(|| async { Html(STATUS_PAGE) }))
-        .merge(api)
-        .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(served.into_future(), shared.conns.sampler(shutdown));
+    if let Err(e) = served {
         tracing::warn!("admin listener failed: {e}");
     }
 }
@@ -112,6 +171,32 @@ async fn metrics(State(st): State<AdminState>) -> impl IntoResponse {
     s.metrics
         .http_routes
         .set(i64::try_from(s.routes.len()).unwrap_or(i64::MAX));
+    s.metrics
+        .bans_active
+        .set(count(s.access.bans.active_count(SystemTime::now())));
+    let mut by_type = [("http", 0usize), ("tcp", 0), ("udp", 0)];
+    for session in s.registry.sessions() {
+        for p in &session.public {
+            let t = tunnel_type(p);
+            if let Some(slot) = by_type.iter_mut().find(|(k, _)| *k == t) {
+                slot.1 += 1;
+            }
+        }
+    }
+    for (t, n) in by_type {
+        s.metrics
+            .tunnels
+            .get_or_create(&vec![("type", t)])
+            .set(count(n));
+    }
+    for (kind, n) in s.conns.count_by_kind() {
+        s.metrics
+            .visitor_connections_active
+            .get_or_create(&crate::metrics::KindLabel {
+                kind: kind.as_str(),
+            })
+            .set(count(n));
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -165,29 +250,230 @@ async fn agents(State(st): State<AdminState>) -> Json<Vec<AgentView>> {
     Json(out)
 }
 
-/// One published tunnel.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `http`, `tcp` (also TLS-terminated) or `udp`, from a tunnel's public address.
+fn tunnel_type(public: &str) -> &'static str {
+    if public.starts_with("udp://") {
+        "udp"
+    } else if public.starts_with("tcp://") || public.starts_with("tls://") {
+        "tcp"
+    } else {
+        "http"
+    }
+}
+
+/// One published tunnel, with the traffic of its live connections.
 #[derive(Serialize)]
 struct TunnelView {
     agent: String,
+    /// `http`, `tcp` or `udp`.
+    r#type: &'static str,
+    /// Public URL (`https://…`) or address (`tcp://…:PORT`, `tls://…`, `udp://…`).
     public: String,
+    /// Public port.
+    port: u16,
+    /// The tunnel's name on the agent (tcp/udp), or its target `host:port` (http).
+    target: String,
+    /// Open streams (live connections; http: WebSockets and long responses), or udp flows.
+    streams: usize,
+    /// Bits per second from visitors, over the last few seconds.
+    in_bps: u64,
+    /// Bits per second to visitors, over the last few seconds.
+    out_bps: u64,
 }
 
 async fn tunnels(State(st): State<AdminState>) -> Json<Vec<TunnelView>> {
-    let mut out: Vec<TunnelView> = st
-        .shared
-        .registry
-        .sessions()
-        .into_iter()
-        .flat_map(|s| {
-            let agent = s.agent.clone();
-            s.public.into_iter().map(move |public| TunnelView {
-                agent: agent.clone(),
+    let now = SystemTime::now();
+    let views: Vec<crate::conns::ConnView> =
+        st.shared.conns.list().iter().map(|e| e.view(now)).collect();
+    let mut out = Vec::new();
+    for s in st.shared.registry.sessions() {
+        for p in &s.public {
+            let (public, name) = match p.split_once(" -> ") {
+                Some((u, n)) => (u.to_string(), Some(n.to_string())),
+                None => (p.clone(), None),
+            };
+            let t = tunnel_type(&public);
+            let authority = public.split_once("://").map_or("", |(_, a)| a);
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().unwrap_or(0)),
+                None => (authority, if t == "http" { 443 } else { 0 }),
+            };
+            let target = match name {
+                Some(n) => n,
+                None => st
+                    .shared
+                    .routes
+                    .get(host)
+                    .map(|r| r.opts.target.clone())
+                    .unwrap_or_default(),
+            };
+            let mine = views
+                .iter()
+                .filter(|c| c.agent == s.agent && c.tunnel == public);
+            let (mut streams, mut in_bps, mut out_bps) = (0, 0u64, 0u64);
+            for c in mine {
+                streams += 1;
+                in_bps = in_bps.saturating_add(c.up_bps);
+                out_bps = out_bps.saturating_add(c.down_bps);
+            }
+            out.push(TunnelView {
+                agent: s.agent.clone(),
+                r#type: t,
                 public,
-            })
-        })
-        .collect();
+                port,
+                target,
+                streams,
+                in_bps,
+                out_bps,
+            });
+        }
+    }
     out.sort_by(|a, b| a.public.cmp(&b.public));
     Json(out)
+}
+
+/// Live visitor connections: WebSockets, long HTTP responses, tcp connections, udp flows.
+async fn connections(State(st): State<AdminState>) -> Json<Vec<crate::conns::ConnView>> {
+    let now = SystemTime::now();
+    Json(st.shared.conns.list().iter().map(|e| e.view(now)).collect())
+}
+
+/// End one connection at once; the others go on.
+async fn close_conn(
+    State(st): State<AdminState>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> StatusCode {
+    if st.shared.conns.close(id) {
+        tracing::info!(connection = id, "connection closed through the admin API");
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+fn at(s: u64) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .to_string()
+}
+
+/// One issued agent token (never the token itself).
+#[derive(Serialize)]
+struct TokenView {
+    jti: String,
+    agent: String,
+    hosts: Vec<String>,
+    issued: String,
+    expires: String,
+    expired: bool,
+    revoked: bool,
+    /// An agent is connected with it now.
+    connected: bool,
+}
+
+/// Tokens in the ledger (`DATA_DIR/issued.json`), newest first.
+async fn list_tokens(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<TokenView>>, (StatusCode, String)> {
+    let s = &st.shared;
+    let ledger = crate::ledger::Ledger::load(&s.config.data_dir)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::token::unix_now(SystemTime::now());
+    let live: Vec<String> = s.registry.sessions().into_iter().map(|x| x.jti).collect();
+    let mut out: Vec<TokenView> = ledger
+        .tokens
+        .into_iter()
+        .map(|t| TokenView {
+            revoked: s.revocations.contains(&t.jti),
+            connected: live.contains(&t.jti),
+            expired: t.expires < now,
+            issued: at(t.issued),
+            expires: at(t.expires),
+            jti: t.jti,
+            agent: t.agent,
+            hosts: t.hosts,
+        })
+        .collect();
+    out.reverse();
+    Ok(Json(out))
+}
+
+/// One issued share link (never the link itself).
+#[derive(Serialize)]
+struct ShareView {
+    jti: String,
+    host: String,
+    label: String,
+    issued: String,
+    expires: String,
+    expired: bool,
+    revoked: bool,
+}
+
+/// Share links in the ledger, newest first.
+async fn list_shares(
+    State(st): State<AdminState>,
+) -> Result<Json<Vec<ShareView>>, (StatusCode, String)> {
+    let s = &st.shared;
+    let ledger = crate::ledger::Ledger::load(&s.config.data_dir)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let now = crate::token::unix_now(SystemTime::now());
+    let mut out: Vec<ShareView> = ledger
+        .shares
+        .into_iter()
+        .map(|t| ShareView {
+            revoked: s.revocations.contains(&t.jti),
+            expired: t.expires < now,
+            issued: at(t.issued),
+            expires: at(t.expires),
+            jti: t.jti,
+            host: t.host,
+            label: t.label,
+        })
+        .collect();
+    out.reverse();
+    Ok(Json(out))
+}
+
+/// A token or link id: hex, as issued.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Add `jti` to the revocation list and make the running relay see it now.
+fn revoke(st: &AdminState, jti: &str) -> Result<bool, (StatusCode, String)> {
+    if !valid_id(jti) {
+        return Err((StatusCode::BAD_REQUEST, "not a token or link id\n".into()));
+    }
+    let s = &st.shared;
+    let revoked = crate::token::Revocations::revoke(&s.config.data_dir, jti, SystemTime::now())
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Err(e) = s.revocations.reload_if_changed() {
+        tracing::warn!("cannot read the revocation list: {e}");
+    }
+    Ok(revoked)
+}
+
+/// Revoke a share link: the link is refused from now on, and streams opened with it end.
+async fn revoke_share(
+    State(st): State<AdminState>,
+    axum::extract::Path(jti): axum::extract::Path<String>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let revoked = revoke(&st, &jti)?;
+    let who = format!("share:{jti}");
+    let closed = st
+        .shared
+        .conns
+        .close_where(|c| c.user.as_deref() == Some(who.as_str()));
+    tracing::info!(link = %jti, closed, "share link revoked through the admin API");
+    Ok(if revoked {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::CONFLICT
+    })
 }
 
 /// `POST /api/tokens`: what `periscope token issue` takes.
@@ -248,6 +534,12 @@ async fn issue_token(
             SystemTime::now(),
         )
         .map_err(|e| bad(e.to_string()))?;
+    // The token is signed: hand it out even if the ledger cannot be written (it is a list).
+    if let Err(e) =
+        crate::ledger::Ledger::record_token(&st.shared.config.data_dir, &claims, SystemTime::now())
+    {
+        tracing::warn!(id = %claims.jti, "token not recorded in the ledger: {e}");
+    }
     tracing::info!(agent = %claims.sub, id = %claims.jti, "token issued through the admin API");
     Ok(Json(IssuedView {
         token,
@@ -260,14 +552,15 @@ async fn issue_token(
     }))
 }
 
-/// Revoke a token by id; a connected agent using it is disconnected within seconds.
+/// Revoke a token by id; a connected agent using it is disconnected at once.
 async fn revoke_token(
     State(st): State<AdminState>,
     axum::extract::Path(jti): axum::extract::Path<String>,
 ) -> Result<StatusCode, (StatusCode, String)> {
-    let revoked =
-        crate::token::Revocations::revoke(&st.shared.config.data_dir, &jti, SystemTime::now())
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let revoked = revoke(&st, &jti)?;
+    st.shared
+        .registry
+        .close_where(|s| (s.jti == jti).then_some((proto::codes::CLOSE_REVOKED, "token revoked")));
     if revoked {
         tracing::info!(id = %jti, "token revoked through the admin API");
         Ok(StatusCode::NO_CONTENT)
@@ -339,53 +632,134 @@ async fn bans(State(st): State<AdminState>) -> Result<Json<Vec<BanView>>, (Statu
     ))
 }
 
-/// Lift the ban of one address; the relay follows within a second (it re-reads the file).
+/// `POST /api/bans`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    ip: std::net::IpAddr,
+    /// e.g. `"1h"`, `"7d"`, or `"forever"`.
+    duration: String,
+}
+
+/// Ban an address at once: new connections are refused and its live ones end.
+async fn add_ban(
+    State(st): State<AdminState>,
+    Json(body): Json<BanBody>,
+) -> Result<StatusCode, (StatusCode, String)> {
+    let now = SystemTime::now();
+    let until = if body.duration == "forever" {
+        0
+    } else {
+        let d = humantime::parse_duration(&body.duration).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("duration: {e} (use e.g. 1h, 7d or forever)\n"),
+            )
+        })?;
+        if d.is_zero() {
+            return Err((StatusCode::BAD_REQUEST, "duration must be > 0\n".into()));
+        }
+        crate::token::unix_now(now).saturating_add(d.as_secs().max(1))
+    };
+    let s = &st.shared;
+    s.access
+        .bans
+        .add(body.ip, until, now)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    s.metrics.bans_total.inc();
+    let ip = body.ip;
+    let closed = s.conns.close_where(|c| c.visitor.ip() == ip);
+    tracing::info!(%ip, closed, "address banned through the admin API");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lift the ban of one address, at once.
 async fn unban(
     State(st): State<AdminState>,
     axum::extract::Path(ip): axum::extract::Path<std::net::IpAddr>,
 ) -> Result<StatusCode, (StatusCode, String)> {
-    let dir = &st.shared.config.data_dir;
-    let err = |e: RelayError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let mut file = BanFile::load(dir).map_err(err)?;
-    let before = file.bans.len();
-    file.bans.retain(|b| b.ip != ip);
-    if file.bans.len() == before {
+    let removed = st
+        .shared
+        .access
+        .bans
+        .remove(ip)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !removed {
         return Ok(StatusCode::NOT_FOUND);
     }
-    file.save(dir).map_err(err)?;
     tracing::info!(%ip, "ban lifted through the admin API");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The status page: static, no third-party assets; polls the API with the token from the URL
-/// fragment (`http://127.0.0.1:9090/#TOKEN`).
-const STATUS_PAGE: &str = r#"<!doctype html><html><head><meta charset="utf-8">
+/// The status page: static, self-contained (no third-party assets), readable on a phone; polls
+/// the API every 2 s with the token from the URL fragment (`http://127.0.0.1:9090/#TOKEN`).
+/// Every value from the API is escaped before it goes into the page.
+const STATUS_PAGE: &str = r##"<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>Periscope relay</title>
-<style>body{font-family:system-ui,sans-serif;margin:1rem auto;max-width:60rem;padding:0 1rem;color:#222}
-table{border-collapse:collapse;width:100%;margin-bottom:1.5rem}th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;font-size:.9rem}
-th{background:#f4f4f4}.ok{color:#180}.err{color:#b00}code{font-size:.85rem}</style></head>
-<body><h1>Periscope relay</h1><p id="state">loading…</p>
-<h2>Agents</h2><table id="agents"><tr><th>agent</th><th>transport</th><th>address</th><th>RTT</th><th>connected</th><th>tunnels</th></tr></table>
+<style>
+:root{--ok:#187a2f;--warn:#a86400;--err:#b00020;--line:#e3e3e3}
+body{font-family:system-ui,-apple-system,sans-serif;margin:0 auto;max-width:72rem;padding:.5rem 1rem 2rem;color:#1d1d1f;background:#fafafa}
+h1{font-size:1.4rem;margin:.6rem 0}h2{font-size:1.1rem;margin:1.4rem 0 .4rem}
+.cards{display:flex;flex-wrap:wrap;gap:.5rem}.card{background:#fff;border:1px solid var(--line);border-radius:.5rem;padding:.4rem .8rem;min-width:7rem}
+.card b{display:block;font-size:1.3rem}.card span{font-size:.8rem;color:#555}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch;background:#fff;border:1px solid var(--line);border-radius:.5rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35rem .55rem;border-bottom:1px solid var(--line);font-size:.88rem;white-space:nowrap}
+th{background:#f2f2f4;font-weight:600}tr:last-child td{border-bottom:0}td.path{white-space:normal;word-break:break-all;min-width:7rem;max-width:22rem}
+.ok{color:var(--ok)}.warn{color:var(--warn)}.err{color:var(--err)}.muted{color:#777}code{font-size:.82rem}
+.kind{display:inline-block;padding:0 .4rem;border-radius:.3rem;background:#eef;font-size:.78rem}
+button{font:inherit;font-size:.82rem;padding:.2rem .6rem;border:1px solid var(--err);color:var(--err);background:#fff;border-radius:.3rem;cursor:pointer}
+button:hover{background:var(--err);color:#fff}
+@media (max-width:40rem){body{padding:.3rem .5rem}th,td{padding:.3rem .35rem;font-size:.8rem}.hide-s{display:none}}
+</style></head>
+<body><h1>Periscope relay</h1><p id="state" class="muted">loading…</p>
+<div class="cards"><div class="card"><b id="n-agents">–</b><span>agents</span></div><div class="card"><b id="n-tunnels">–</b><span>tunnels</span></div><div class="card"><b id="n-conns">–</b><span>live connections</span></div><div class="card"><b id="n-rate">–</b><span>to visitors</span></div><div class="card"><b id="n-bans">–</b><span>bans</span></div></div>
+<h2>Active connections</h2><div class="scroll"><table id="conns"><thead><tr><th></th><th>host / path</th><th>bit rate ↓ / ↑</th><th>duration</th><th>visitor</th><th>user</th><th>kind</th><th class="hide-s">bytes ↓ / ↑</th></tr></thead><tbody></tbody></table></div>
+<h2>Agents</h2><div class="scroll"><table id="agents"><thead><tr><th>agent</th><th>health</th><th>transport</th><th class="hide-s">address</th><th>RTT</th><th>connected</th><th class="hide-s">token expires</th></tr></thead><tbody></tbody></table></div>
+<h2>Tunnels</h2><div class="scroll"><table id="tunnels"><thead><tr><th>public URL</th><th>type</th><th>target</th><th>agent</th><th>streams</th><th>in / out</th></tr></thead><tbody></tbody></table></div>
+<h2>Recent bans</h2><div class="scroll"><table id="bans"><thead><tr><th>address</th><th>since</th><th>until</th><th>last user</th><th></th></tr></thead><tbody></tbody></table></div>
 <script>
-const token = decodeURIComponent(location.hash.slice(1));
-const esc = s => String(s).replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
-function dur(s){const h=Math.floor(s/3600),m=Math.floor(s%3600/60);return h?h+" h "+m+" min":m?m+" min":s+" s";}
+"use strict";
+const token=decodeURIComponent(location.hash.slice(1));
+const esc=s=>String(s??"").replace(/[&<>"']/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
+const dur=s=>{const d=Math.floor(s/86400),h=Math.floor(s%86400/3600),m=Math.floor(s%3600/60);return d?d+" d "+h+" h":h?h+" h "+m+" min":m?m+" min "+(s%60)+" s":s+" s";};
+const rate=b=>b>=1e6?(b/1e6).toFixed(1)+" Mbit/s":b>=1e3?(b/1e3).toFixed(0)+" kbit/s":b+" bit/s";
+const size=b=>b>=1<<30?(b/(1<<30)).toFixed(1)+" GiB":b>=1<<20?(b/(1<<20)).toFixed(1)+" MiB":b>=1024?(b/1024).toFixed(0)+" KiB":b+" B";
+const when=t=>t==="forever"?"forever":new Date(t).toLocaleString();
+async function api(path,method){
+  const r=await fetch(path,{method:method||"GET",headers:{Authorization:"Bearer "+token}});
+  if(!r.ok&&r.status!==404)throw new Error(path+" answered "+r.status);
+  return method?null:r.json();
+}
+function rows(id,list,empty,row){
+  const tb=document.querySelector("#"+id+" tbody");
+  tb.innerHTML=list.length?list.map(row).join(""):'<tr><td colspan="8" class="muted">'+empty+"</td></tr>";
+}
+async function act(method,path){try{await api(path,method);}catch(e){}tick();}
 async function tick(){
   const st=document.getElementById("state");
-  if(!token){st.innerHTML='Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).';return;}
+  if(!token){st.innerHTML="Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).";return;}
   try{
-    const r=await fetch("/api/agents",{headers:{Authorization:"Bearer "+token}});
-    if(!r.ok){st.className="err";st.textContent="API answered "+r.status;return;}
-    const agents=await r.json();
-    st.className="ok";st.textContent=agents.length+" agent(s) connected · updated "+new Date().toLocaleTimeString();
-    const t=document.getElementById("agents");
-    t.querySelectorAll("tr.row").forEach(e=>e.remove());
-    for(const a of agents){
-      const tr=document.createElement("tr");tr.className="row";
-      tr.innerHTML="<td>"+esc(a.name)+" <small>"+esc(a.version)+"</small></td><td>"+esc(a.transport)+"</td><td>"+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+"</td><td>"+a.tunnels.map(u=>"<code>"+esc(u)+"</code>").join("<br>")+"</td>";
-      t.appendChild(tr);
-    }
-  }catch(e){st.className="err";st.textContent="relay unreachable: "+e;}
+    const [agents,tunnels,conns,bans]=await Promise.all(["/api/agents","/api/tunnels","/api/connections","/api/bans"].map(p=>api(p)));
+    const now=Date.now()/1000;
+    rows("conns",conns,"no live connections",c=>'<tr><td><button data-close="'+c.id+'" title="end this connection now">close</button></td><td class=path>'+esc(c.host)+esc(c.path)+"</td><td>"+rate(c.down_bps)+" / "+rate(c.up_bps)+"</td><td>"+dur(c.duration_secs)+"</td><td>"+esc(c.visitor)+"</td><td>"+(c.user?esc(c.user):'<span class=muted>–</span>')+"</td><td><span class=kind>"+esc(c.kind)+'</span></td><td class=hide-s>'+size(c.bytes_down)+" / "+size(c.bytes_up)+"</td></tr>");
+    rows("agents",agents,"no agent connected",a=>{
+      const exp=(new Date(a.token_expires).getTime()/1000)-now;
+      const h=a.rtt_ms>1000?'<span class=err>slow</span>':a.rtt_ms>300?'<span class=warn>degraded</span>':'<span class=ok>healthy</span>';
+      return "<tr><td>"+esc(a.name)+' <small class=muted>'+esc(a.version)+"</small></td><td>"+h+"</td><td>"+esc(a.transport)+'</td><td class=hide-s>'+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+'</td><td class="hide-s '+(exp<7*86400?"warn":"")+'">'+esc(when(a.token_expires))+"</td></tr>";});
+    rows("tunnels",tunnels,"no tunnels",t=>"<tr><td>"+(t.type==="http"?'<a href="'+esc(t.public)+'" rel="noreferrer">'+esc(t.public)+"</a>":"<code>"+esc(t.public)+"</code>")+"</td><td>"+esc(t.type)+"</td><td>"+esc(t.target)+"</td><td>"+esc(t.agent)+"</td><td>"+t.streams+"</td><td>"+rate(t.in_bps)+" / "+rate(t.out_bps)+"</td></tr>");
+    rows("bans",bans,"no bans",b=>"<tr><td>"+esc(b.ip)+"</td><td>"+esc(when(b.since))+"</td><td>"+esc(when(b.until))+"</td><td>"+esc(b.last_user)+'</td><td><button data-unban="'+esc(b.ip)+'">lift</button></td></tr>');
+    document.getElementById("n-agents").textContent=agents.length;
+    document.getElementById("n-tunnels").textContent=tunnels.length;
+    document.getElementById("n-conns").textContent=conns.length;
+    document.getElementById("n-rate").textContent=rate(conns.reduce((s,c)=>s+c.down_bps,0));
+    document.getElementById("n-bans").textContent=bans.length;
+    st.className="ok";st.textContent="live · updated "+new Date().toLocaleTimeString();
+  }catch(e){st.className="err";st.textContent="relay unreachable or token refused: "+e.message;}
 }
+document.addEventListener("click",e=>{
+  const c=e.target.closest("[data-close]"),u=e.target.closest("[data-unban]");
+  if(c)act("DELETE","/api/connections/"+encodeURIComponent(c.dataset.close));
+  if(u)act("DELETE","/api/bans/"+encodeURIComponent(u.dataset.unban));
+});
 tick();setInterval(tick,2000);
-</script></body></html>"#;
+</script></body></html>"##;

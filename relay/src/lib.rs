@@ -23,9 +23,11 @@ mod acme;
 pub mod admin;
 mod certs;
 pub mod config;
+mod conns;
 pub mod error;
 mod http;
 pub mod identity;
+pub mod ledger;
 mod metrics;
 mod open;
 pub mod registry;
@@ -76,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) access: access::Access,
     /// Agent handshakes in progress (QUIC and TCP fallback together).
     pub(crate) agent_handshakes: Arc<tokio::sync::Semaphore>,
+    /// Live visitor connections (admin API).
+    pub(crate) conns: conns::Conns,
 }
 
 impl Shared {
@@ -193,6 +197,7 @@ impl Relay {
                 udp,
                 access,
                 agent_handshakes: Arc::new(tokio::sync::Semaphore::new(config_pending_handshakes)),
+                conns: conns::Conns::default(),
             }),
             endpoint,
             https,

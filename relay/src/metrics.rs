@@ -33,6 +33,15 @@ pub(crate) struct DirectionLabel {
     pub(crate) direction: &'static str,
 }
 
+/// `type` label of the tunnels gauge (`http`, `tcp`, `udp`).
+pub(crate) type TunnelType = Vec<(&'static str, &'static str)>;
+
+/// A kind of live visitor connection (`http`, `websocket`, `tcp`, `udp`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
 /// Every metric, registered once.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -45,6 +54,15 @@ pub(crate) struct Metrics {
     pub(crate) tcp_bytes: Family<DirectionLabel, Counter>,
     pub(crate) agent_streams_opened: Counter,
     pub(crate) acme_orders: Family<ResultLabel, Counter>,
+    pub(crate) login_failures: Counter,
+    pub(crate) bans_total: Counter,
+    pub(crate) bans_active: Gauge,
+    pub(crate) tunnels: Family<TunnelType, Gauge>,
+    pub(crate) http_bytes: Family<DirectionLabel, Counter>,
+    /// `http_bytes` up and down, looked up once (no map lookup per request).
+    http_bytes_up: Counter,
+    http_bytes_down: Counter,
+    pub(crate) visitor_connections_active: Family<KindLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,6 +87,14 @@ impl Default for Metrics {
             tcp_bytes: Family::default(),
             agent_streams_opened: Counter::default(),
             acme_orders: Family::default(),
+            login_failures: Counter::default(),
+            bans_total: Counter::default(),
+            bans_active: Gauge::default(),
+            tunnels: Family::default(),
+            http_bytes: Family::default(),
+            http_bytes_up: Counter::default(),
+            http_bytes_down: Counter::default(),
+            visitor_connections_active: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,7 +142,46 @@ impl Default for Metrics {
             "ACME certificate orders by result",
             m.acme_orders.clone(),
         );
-        Metrics { registry, ..m }
+        registry.register(
+            "login_failures",
+            "Failed visitor logins and invalid share links",
+            m.login_failures.clone(),
+        );
+        registry.register(
+            "bans",
+            "Addresses banned (after failed logins or through the admin API)",
+            m.bans_total.clone(),
+        );
+        registry.register("bans_active", "Addresses banned now", m.bans_active.clone());
+        registry.register(
+            "tunnels",
+            "Tunnels of connected agents, by type",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "http_bytes",
+            "Bytes carried by the HTTPS edge for visitors (WebSockets and long responses as they flow, other bodies by their length), by direction",
+            m.http_bytes.clone(),
+        );
+        registry.register(
+            "visitor_connections_active",
+            "Live visitor connections listed by /api/connections, by kind",
+            m.visitor_connections_active.clone(),
+        );
+        let http_bytes_up = m
+            .http_bytes
+            .get_or_create(&DirectionLabel { direction: "up" })
+            .clone();
+        let http_bytes_down = m
+            .http_bytes
+            .get_or_create(&DirectionLabel { direction: "down" })
+            .clone();
+        Metrics {
+            registry,
+            http_bytes_up,
+            http_bytes_down,
+            ..m
+        }
     }
 }
 
@@ -229,6 +294,16 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// The counter of HTTP bytes from visitors.
+    pub(crate) fn http_bytes_up(&self) -> &Counter {
+        &self.http_bytes_up
+    }
+
+    /// The counter of HTTP bytes to visitors.
+    pub(crate) fn http_bytes_down(&self) -> &Counter {
+        &self.http_bytes_down
     }
 
     pub(crate) fn handshake(&self, result: impl Into<String>) {

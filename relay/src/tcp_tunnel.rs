@@ -10,7 +10,12 @@ use tokio::{net::TcpStream, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{access::meter::Throttled, session::Bound, Shared};
+use crate::{
+    access::meter::Throttled,
+    conns::{ConnGuard, Kind, NewConn, Tracked},
+    session::Bound,
+    Shared,
+};
 
 /// Accept visitors on one tunnel's port until `cancel` fires.
 pub(crate) async fn serve(
@@ -67,17 +72,37 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         let tunnel = bound.id;
         let tls = bound.tls_host.is_some();
-        tasks.spawn(
+        let entry = shared.conns.register(NewConn {
+            kind: Kind::Tcp,
+            visitor: peer,
+            user: crate::access::raw_user(&shared, peer.ip(), &agent),
+            host: format!(":{port}"),
+            path: String::new(),
+            agent: agent.clone(),
+            tunnel: bound.public.clone(),
+        });
+        let handle = entry.handle();
+        let task = tasks.spawn(
             async move {
-                visitor(&shared, conn, tunnel, sock, tls).await;
+                visitor(&shared, conn, tunnel, sock, tls, entry).await;
                 drop((permit, stream, slot));
             }
             .instrument(span),
         );
+        // Closing it through the admin API drops the task: the visitor's socket and the
+        // agent stream close (the spliced copy has no per-chunk hook to check).
+        handle.abort_on_close(task.abort_handle());
     }
 }
 
-async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream, tls: bool) {
+async fn visitor(
+    shared: &Shared,
+    conn: Connection,
+    tunnel: u32,
+    sock: TcpStream,
+    tls: bool,
+    entry: ConnGuard,
+) {
     let (Ok(visitor), Ok(server)) = (sock.peer_addr(), sock.local_addr()) else {
         return;
     };
@@ -109,19 +134,29 @@ async fn visitor(shared: &Shared, conn: Connection, tunnel: u32, sock: TcpStream
     let bucket = crate::access::meter::tcp_bucket(shared, server.port());
     let idle = Some(shared.config.limits.idle_timeout);
     let mut stream = stream;
+    // The zero-copy splice (the common, benchmarked case) has no per-chunk hook: its bytes
+    // show in the connections list when it ends. The other paths count as they copy.
     let copied = match (sock, bucket) {
-        (Visitor::Plain(sock), None) => splice(sock, stream, idle)
-            .await
-            .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
+        (Visitor::Plain(sock), None) => {
+            let r = splice(sock, stream, idle)
+                .await
+                .map(|s| (s.tcp_to_stream, s.stream_to_tcp));
+            if let Ok((up, down)) = r {
+                entry.add_up(up);
+                entry.add_down(down);
+            }
+            r
+        }
         (Visitor::Plain(sock), Some(b)) => {
-            let mut sock = Throttled::new(sock, b);
+            let mut sock = Tracked::new(Throttled::new(sock, b), entry);
             copy_bidirectional_idle(&mut sock, &mut stream, idle).await
         }
         (Visitor::Tls(mut tls), None) => {
-            copy_bidirectional_idle(&mut *tls, &mut stream, idle).await
+            let mut tls = Tracked::new(&mut *tls, entry);
+            copy_bidirectional_idle(&mut tls, &mut stream, idle).await
         }
         (Visitor::Tls(mut tls), Some(b)) => {
-            let mut tls = Throttled::new(&mut *tls, b);
+            let mut tls = Tracked::new(Throttled::new(&mut *tls, b), entry);
             copy_bidirectional_idle(&mut tls, &mut stream, idle).await
         }
     };

@@ -173,6 +173,8 @@ pub(crate) struct Flow {
     /// Datagrams (already encoded) waiting for `ready`.
     pending: Mutex<Vec<Bytes>>,
     end: CancellationToken,
+    /// Its entry in the connections list (removed when the last handle on the flow drops).
+    track: crate::conns::ConnGuard,
 }
 
 impl Flow {
@@ -220,6 +222,7 @@ pub(crate) async fn dispatch(conn: Connection, flows: SessionFlows, cancel: Canc
                 flow.stats
                     .bytes_down
                     .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                flow.track.add_down(payload.len() as u64);
             }
             Err(e) => {
                 inc(&flow.stats.drop_visitor_send);
@@ -352,6 +355,15 @@ pub(crate) async fn serve(
                     ready: AtomicBool::new(false),
                     pending: Mutex::new(Vec::new()),
                     end: CancellationToken::new(),
+                    track: shared.conns.register(crate::conns::NewConn {
+                        kind: crate::conns::Kind::Udp,
+                        visitor,
+                        user: crate::access::raw_user(&shared, visitor.ip(), &agent),
+                        host: format!(":{}", server.port()),
+                        path: String::new(),
+                        agent: agent.clone(),
+                        tunnel: bound.public.clone(),
+                    }),
                 });
                 flow.touch();
                 flows.insert(id, flow.clone());
@@ -442,6 +454,7 @@ fn send_up(conn: &Connection, flow: &Flow, d: Bytes, payload_len: usize) {
             flow.stats
                 .bytes_up
                 .fetch_add(payload_len as u64, Ordering::Relaxed);
+            flow.track.add_up(payload_len as u64);
         }
         Err(TransportError::DatagramTooLarge) => {
             inc(&flow.stats.drop_too_large);
@@ -466,6 +479,7 @@ async fn run_flow(
 ) {
     let opened = tokio::select! {
         _ = flow.end.cancelled() => Err("flow ended before the agent answered".to_string()),
+        _ = flow.track.cancelled() => Err("flow closed through the admin API".to_string()),
         o = crate::open::open_stream(&shared, &conn, open) => o.map_err(|e| e.to_string()),
     };
     match opened {
@@ -484,6 +498,10 @@ async fn run_flow(
             let mut sink = [0u8; 64];
             tokio::select! {
                 _ = flow.end.cancelled() => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream.send).await;
+                }
+                _ = flow.track.cancelled() => {
+                    tracing::info!("udp flow closed through the admin API");
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream.send).await;
                 }
                 _ = tokio::io::AsyncReadExt::read(&mut stream.recv, &mut sink) => {

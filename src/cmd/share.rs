@@ -34,6 +34,11 @@ pub fn run(args: ShareArgs) -> anyhow::Result<()> {
     let key = identity::load_or_create_signing_key(&config.key_file())?;
     let keys = TokenKeys::new(&key, &config.domain)?;
     let (token, claims) = keys.issue_share(&host, &args.user_label, ttl, SystemTime::now())?;
+    if let Err(e) =
+        relay::ledger::Ledger::record_share(&config.data_dir, &claims, SystemTime::now())
+    {
+        eprintln!("warning: link not recorded in the ledger (issued.json): {e}");
+    }
     if config.is_public(&claims.sub) {
         eprintln!("note: {} is public; it needs no link", claims.sub);
     }

@@ -46,6 +46,11 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
                 },
                 SystemTime::now(),
             )?;
+            if let Err(e) =
+                relay::ledger::Ledger::record_token(&config.data_dir, &claims, SystemTime::now())
+            {
+                eprintln!("warning: token not recorded in the ledger (issued.json): {e}");
+            }
             eprintln!(
                 "token for agent `{}` (id {}, expires in {}): hosts [{}], tcp [{}], udp [{}]",
                 claims.sub,

@@ -111,28 +111,10 @@ async fn devtools_get(port: u16, path: &str) -> String {
     }
 }
 
-#[tokio::test]
-#[ignore = "needs Chromium; run by tests/interop.sh"]
-async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
-    let Some(browser) = chromium() else {
-        panic!("chromium not found (apt-get install chromium)");
-    };
-    let relay = TestRelay::start_configured(|c| {
-        with_users(c, &[("alice", "alice-password", &[])]);
-    })
-    .await;
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let camera = periscope::camera::Camera::start(shutdown.clone())
-        .await
-        .unwrap();
-    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
-        .http("cam", camera.http_addr())
-        .start()
-        .await;
-    agent.connected().await;
-
+/// Start headless Chromium and attach to its page over DevTools.
+async fn launch(browser: &std::path::Path) -> (tokio::process::Child, tempfile::TempDir, Page) {
     let profile = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(browser)
+    let child = tokio::process::Command::new(browser)
         .args([
             "--headless=new",
             "--no-sandbox",
@@ -194,7 +176,30 @@ async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
         .await
         .unwrap();
     let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-    let mut page = Page { ws, next: 0 };
+    (child, profile, Page { ws, next: 0 })
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium; run by tests/interop.sh"]
+async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
+    let Some(browser) = chromium() else {
+        panic!("chromium not found (apt-get install chromium)");
+    };
+    let relay = TestRelay::start_configured(|c| {
+        with_users(c, &[("alice", "alice-password", &[])]);
+    })
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let camera = periscope::camera::Camera::start(shutdown.clone())
+        .await
+        .unwrap();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", camera.http_addr())
+        .start()
+        .await;
+    agent.connected().await;
+
+    let (mut child, _profile, mut page) = launch(&browser).await;
 
     let site = format!("https://cam.relay.localhost:{}/", relay.https.port());
     page.call("Page.navigate", serde_json::json!({ "url": site }))
@@ -246,6 +251,165 @@ async fn chromium_logs_in_then_sees_the_recorder_page_picture_and_websocket() {
     page.until(
         "location.pathname === '/.periscope/login'",
         "login required again",
+    )
+    .await;
+
+    let _ = child.kill().await;
+    shutdown.cancel();
+    agent.stop().await;
+    relay.stop().await;
+}
+
+/// Save a DevTools screenshot (base64 PNG) to `target/` (the CI artifact) and, with
+/// `PERISCOPE_UPDATE_DOCS=1`, to `docs/` (the README's picture).
+async fn screenshot(page: &mut Page, name: &str) {
+    use base64::Engine as _;
+    let shot = page
+        .call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png", "captureBeyondViewport": true}),
+        )
+        .await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["result"]["data"].as_str().expect("screenshot data"))
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("target")];
+    if std::env::var_os("PERISCOPE_UPDATE_DOCS").is_some() {
+        dirs.push(root.join("docs"));
+    }
+    for d in dirs {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), &png).unwrap();
+        eprintln!("browser: screenshot {}", d.join(name).display());
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium; run by tests/interop.sh"]
+async fn chromium_status_page_shows_and_closes_a_live_mjpeg_stream() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let Some(browser) = chromium() else {
+        panic!("chromium not found (apt-get install chromium)");
+    };
+    let relay = TestRelay::start_configured(|c| {
+        c.access
+            .push(relay::config::AccessRule::public("cam.relay.localhost"));
+    })
+    .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let camera = periscope::camera::Camera::start(shutdown.clone())
+        .await
+        .unwrap();
+    let mut agent = AgentBuilder::new(&relay, &relay.token("cam", &[]))
+        .http("cam", camera.http_addr())
+        .start()
+        .await;
+    agent.connected().await;
+    // A ban to show, and a live MJPEG stream held open while the browser looks.
+    let (code, _) = admin_call(
+        &relay,
+        "POST",
+        "/api/bans",
+        Some(&relay.admin_token),
+        r#"{"ip":"203.0.113.9","duration":"1h"}"#,
+    )
+    .await;
+    assert_eq!(code, http::StatusCode::NO_CONTENT);
+    let req = http::Request::builder()
+        .uri("/mjpeg")
+        .header("host", "cam.relay.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = https_request(&relay, "cam.relay.localhost", false, req).await;
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let mut stream = resp.into_body();
+    let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(f)) = stream.frame().await {
+            if f.is_data() && frames_tx.send(()).is_err() {
+                break;
+            }
+        }
+        // The end of the stream, as the visitor sees it.
+    });
+    frames_rx.recv().await.expect("the stream flows");
+
+    let (mut child, _profile, mut page) = launch(&browser).await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 1100, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    let url = format!("http://{}/#{}", relay.admin, relay.admin_token);
+    page.call("Page.navigate", serde_json::json!({ "url": url }))
+        .await;
+    let rows = |table: &str| format!("document.querySelectorAll('#{table} tbody tr').length");
+    page.until(
+        "[...document.querySelectorAll('#conns tbody td.path')].some(td => td.textContent === 'cam.relay.localhost/mjpeg')",
+        "the MJPEG stream in the connections table",
+    )
+    .await;
+    page.until(
+        "document.querySelector('#conns tbody tr').textContent.includes('Mbit/s') || document.querySelector('#conns tbody tr').textContent.includes('kbit/s')",
+        "its bit rate",
+    )
+    .await;
+    page.until(
+        "document.querySelector('#agents tbody').textContent.includes('cam') && document.querySelector('#agents tbody').textContent.includes('healthy')",
+        "the agent with its health",
+    )
+    .await;
+    page.until(
+        &format!(
+            "!!document.querySelector('#tunnels a[href=\"https://cam.relay.localhost:{}\"]')",
+            relay.https.port()
+        ),
+        "the tunnel's URL",
+    )
+    .await;
+    page.until(
+        "document.querySelector('#bans tbody').textContent.includes('203.0.113.9')",
+        "the ban",
+    )
+    .await;
+    assert_eq!(page.eval(&rows("conns")).await, 1);
+    assert_eq!(
+        page.eval("document.getElementById('state').className")
+            .await,
+        "ok"
+    );
+    // No third-party assets: everything came from the admin listener.
+    assert_eq!(
+        page.eval("performance.getEntriesByType('resource').filter(r => !r.name.startsWith(location.origin)).length")
+            .await,
+        0
+    );
+    screenshot(&mut page, "status-page.png").await;
+    // On a phone: the page itself does not scroll sideways (tables scroll in their boxes).
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+    page.until(
+        "document.documentElement.scrollWidth <= window.innerWidth + 1",
+        "no sideways scrolling on a phone",
+    )
+    .await;
+    screenshot(&mut page, "status-page-phone.png").await;
+    // The close button ends the stream for its viewer.
+    page.eval("document.querySelector('#conns button[data-close]').click(); true")
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the closed stream ended for the visitor")
+        .unwrap();
+    page.until(
+        "document.querySelector('#conns tbody').textContent.includes('no live connections')",
+        "the row gone after close",
     )
     .await;
 

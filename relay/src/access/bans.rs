@@ -164,6 +164,50 @@ impl Bans {
         true
     }
 
+    /// Ban `ip` until `until` (unix seconds, 0 = forever) at once, and save the list (the
+    /// admin API's `POST /api/bans`).
+    pub(crate) fn add(&self, ip: IpAddr, until: u64, now: SystemTime) -> Result<(), RelayError> {
+        // Start from the file as it is (`periscope ban clear` may have changed it).
+        self.reload_if_changed()?;
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.0.bans.retain(|b| b.ip != ip);
+        f.0.bans.push(Ban {
+            ip,
+            since: unix_now(now),
+            until,
+            user: "(admin API)".into(),
+        });
+        f.0.save(&self.dir)?;
+        f.1 = self.mtime();
+        Ok(())
+    }
+
+    /// Lift the ban of `ip` at once and save the list; false when it was not banned.
+    pub(crate) fn remove(&self, ip: IpAddr) -> Result<bool, RelayError> {
+        self.reload_if_changed()?;
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let before = f.0.bans.len();
+        f.0.bans.retain(|b| b.ip != ip);
+        if f.0.bans.len() == before {
+            return Ok(false);
+        }
+        f.0.save(&self.dir)?;
+        f.1 = self.mtime();
+        drop(f);
+        self.success(ip);
+        Ok(true)
+    }
+
+    /// Bans in force at `now`.
+    pub(crate) fn active_count(&self, now: SystemTime) -> usize {
+        let secs = unix_now(now);
+        let f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        f.0.bans
+            .iter()
+            .filter(|b| b.until == 0 || b.until > secs)
+            .count()
+    }
+
     /// A successful login clears the address's failure history.
     pub(crate) fn success(&self, ip: IpAddr) {
         self.failures
@@ -204,6 +248,41 @@ impl Bans {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bans_added_and_lifted_at_once_keep_changes_made_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            after: 5,
+            window: Duration::from_secs(600),
+            ban_for: Duration::from_secs(600),
+            forever: false,
+        };
+        let bans = Bans::load(dir.path(), policy).unwrap();
+        let now = SystemTime::now();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        bans.add(a, 0, now).unwrap();
+        assert_eq!(bans.banned(a, now), Some(None));
+        assert_eq!(bans.active_count(now), 1);
+        // Someone else (the CLI) bans another address in the file meanwhile.
+        let mut file = BanFile::load(dir.path()).unwrap();
+        file.bans.push(Ban {
+            ip: b,
+            since: 1,
+            until: 0,
+            user: "x".into(),
+        });
+        file.save(dir.path()).unwrap();
+        assert!(bans.remove(a).unwrap());
+        assert!(!bans.remove(a).unwrap());
+        assert_eq!(bans.banned(a, now), None);
+        assert_eq!(bans.banned(b, now), Some(None), "the file's ban is kept");
+        assert_eq!(BanFile::load(dir.path()).unwrap().bans.len(), 1);
+        // An expired ban is not counted.
+        let until = unix_now(now) - 1;
+        bans.add(a, until, now).unwrap();
+        assert_eq!(bans.active_count(now), 1);
+    }
 
     #[test]
     fn ban_after_n_failures_then_expiry_and_persistence() {

@@ -82,7 +82,9 @@ fn share(shared: &Shared, ip: IpAddr, host: &str, query: &str) -> Response<Body>
         .filter(|c| c.sub == host && !shared.revocations.contains(&c.jti));
     let Some(c) = claims else {
         tracing::warn!(visitor.addr = %ip, host, "invalid, expired or revoked share link");
+        shared.metrics.login_failures.inc();
         if a.bans.failure(ip, "(share link)", now) {
+            shared.metrics.bans_total.inc();
             tracing::warn!(visitor.addr = %ip, "address banned after failed logins");
         }
         return page(

@@ -140,6 +140,14 @@ pub(crate) fn grant(g: Grant) {
     let _ = GRANT.try_with(|cell| *cell.borrow_mut() = Some(g));
 }
 
+/// The user (or `share:ID`) the request being handled was let in for, if any.
+pub(crate) fn current_user() -> Option<String> {
+    GRANT
+        .try_with(|cell| cell.borrow().as_ref().and_then(|g| g.user.clone()))
+        .ok()
+        .flatten()
+}
+
 /// Run one request's handler, returning its response and the grant `check` recorded.
 pub(crate) async fn scoped<F: Future>(f: F) -> (F::Output, Option<Grant>) {
     GRANT

@@ -376,7 +376,9 @@ pub(crate) async fn authenticate(
         _ => {
             tracing::warn!(visitor.addr = %ip, user = ?name, host, "login failed");
             a.throttle.failure(&name, now, window);
+            shared.metrics.login_failures.inc();
             if a.bans.failure(ip, &name, now) {
+                shared.metrics.bans_total.inc();
                 tracing::warn!(
                     visitor.addr = %ip,
                     user = ?name,
@@ -449,6 +451,15 @@ pub(crate) fn raw_allowed(shared: &Shared, ip: IpAddr, port: u16, agent: &str) -
             shared.routes.get(host).is_some_and(|r| r.agent == agent)
         }),
     }
+}
+
+/// The user (or `share:ID`) logged in from `ip` on one of `agent`'s hostnames (the login
+/// that opens its raw ports), for the connections list; `None` when there is none.
+pub(crate) fn raw_user(shared: &Shared, ip: IpAddr, agent: &str) -> Option<String> {
+    let a = &shared.access;
+    a.sessions.unlocked_by(ip, a.now(), |host| {
+        shared.routes.get(host).is_some_and(|r| r.agent == agent)
+    })
 }
 
 #[cfg(test)]

@@ -161,15 +161,30 @@ impl Sessions {
         now: SystemTime,
         of_agent: impl Fn(&str) -> bool,
     ) -> bool {
+        self.unlocked_by(ip, now, of_agent).is_some()
+    }
+
+    /// Who holds the live session of `ip` on a hostname for which `of_agent` is true, if
+    /// anyone (the user name, or `share:ID`).
+    pub(crate) fn unlocked_by(
+        &self,
+        ip: IpAddr,
+        now: SystemTime,
+        of_agent: impl Fn(&str) -> bool,
+    ) -> Option<String> {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .any(|s| {
+            .find(|s| {
                 s.ip == ip
                     && of_agent(&s.host)
                     && now < s.expires
                     && now.duration_since(s.last_seen).unwrap_or_default() < self.idle
+            })
+            .map(|s| match &s.holder {
+                Holder::User { name, .. } => name.clone(),
+                Holder::Share { jti, .. } => format!("share:{jti}"),
             })
     }
 

@@ -18,6 +18,7 @@ use proto::{
 
 use super::{pages::page, Body};
 use crate::{
+    conns::{Kind, NewConn, Tracked, TrackedBody},
     open::{OpenError, Pipelined},
     token::normalize_host,
     Shared,
@@ -351,6 +352,12 @@ async fn forward(
     }
     let upgrade = h2_websocket || wants_upgrade(req.headers());
     let visitor_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Kept for the connections list in case this becomes a WebSocket or a long response
+    // (cheap: the path shares the request's buffer).
+    let uri = req.uri().clone();
+    if let Some(n) = hyper::body::Body::size_hint(req.body()).exact() {
+        shared.metrics.http_bytes_up().inc_by(n);
+    }
     prepare_request(&mut req, v, &host, upgrade, &route.opts);
     // An upgraded connection is never returned to the pool, so it never comes from it either.
     let pooled = if upgrade { None } else { route.pool.take() };
@@ -386,9 +393,15 @@ async fn forward(
         if let Some(visitor_upgrade) = visitor_upgrade {
             let target_upgrade = hyper::upgrade::on(&mut resp);
             let idle = shared.config.limits.idle_timeout;
+            let conn = track(shared, v, &route, &host, &uri, Kind::Websocket);
+            let totals = (
+                shared.metrics.http_bytes_up().clone(),
+                shared.metrics.http_bytes_down().clone(),
+            );
             v.tasks.spawn(async move {
                 if let (Ok(a), Ok(b)) = tokio::join!(visitor_upgrade, target_upgrade) {
-                    let (mut a, mut b) = (TokioIo::new(a), TokioIo::new(b));
+                    let mut a = Tracked::new(TokioIo::new(a), conn).with_totals(totals);
+                    let mut b = TokioIo::new(b);
                     match copy_bidirectional_idle(&mut a, &mut b, Some(idle)).await {
                         Ok((up, down)) => tracing::debug!(up, down, "upgraded connection done"),
                         Err(e) => tracing::debug!("upgraded connection closed: {e}"),
@@ -423,7 +436,59 @@ async fn forward(
     if route.opts.rewrite_redirects {
         rewrite_redirects(resp.headers_mut(), &route.opts, &host, shared.https_port);
     }
+    if !switching && is_long(&resp) {
+        let conn = track(shared, v, &route, &host, &uri, Kind::Http);
+        let total = shared.metrics.http_bytes_down().clone();
+        return resp.map(|b| TrackedBody::new(b, conn, total).boxed());
+    }
+    if let Some(n) = hyper::body::Body::size_hint(resp.body()).exact() {
+        shared.metrics.http_bytes_down().inc_by(n);
+    }
     resp.map(|b| b.boxed())
+}
+
+/// Responses larger than this (by their `Content-Length`) are listed as connections.
+const LONG_BODY: u64 = 1024 * 1024;
+
+/// A response worth listing among the live connections: a live stream or any body without a
+/// length (MJPEG, chunked video, SSE), or a large download.
+fn is_long<B>(resp: &Response<B>) -> bool {
+    let s = resp.status();
+    if s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED {
+        return false;
+    }
+    match resp.headers().get(header::CONTENT_LENGTH) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > LONG_BODY),
+    }
+}
+
+/// List this visitor's request among the live connections (until the guard drops).
+fn track(
+    shared: &Shared,
+    v: &Visitor,
+    route: &Route,
+    host: &str,
+    uri: &Uri,
+    kind: Kind,
+) -> crate::conns::ConnGuard {
+    let port = match shared.https_port {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    shared.conns.register(NewConn {
+        kind,
+        visitor: v.peer,
+        user: crate::access::meter::current_user(),
+        host: host.to_string(),
+        path: uri.path().to_string(),
+        agent: route.agent.clone(),
+        tunnel: format!("https://{host}{port}"),
+    })
 }
 
 impl std::fmt::Debug for Route {
@@ -656,6 +721,23 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn long_responses_are_streams_and_large_bodies() {
+        let resp = |code: u16, len: Option<&str>| {
+            let mut b = Response::builder().status(code);
+            if let Some(l) = len {
+                b = b.header(header::CONTENT_LENGTH, l);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(is_long(&resp(200, None)), "MJPEG, chunked: no length");
+        assert!(is_long(&resp(200, Some("104857600"))), "a large download");
+        assert!(!is_long(&resp(200, Some("5120"))));
+        assert!(!is_long(&resp(204, None)));
+        assert!(!is_long(&resp(304, None)));
+        assert!(!is_long(&resp(200, Some("nonsense"))));
     }
 
     #[test]
