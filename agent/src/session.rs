@@ -933,7 +933,7 @@ async fn serve_target(target: Target, mut stream: BiStream) {
         return;
     }
     let copied = match target {
-        Target::Plain(sock) => splice(sock, stream, None)
+        Target::Plain(sock) => splice(sock, stream, None, |_, _| {})
             .await
             .map(|s| (s.stream_to_tcp, s.tcp_to_stream)),
         Target::Tls(mut tls) => copy_bidirectional_idle(&mut stream, &mut *tls, None).await,

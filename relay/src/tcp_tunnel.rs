@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use proto::{
-    transport::{copy_bidirectional_idle, splice, Connection},
+    transport::{copy_bidirectional_idle, splice, Connection, Direction},
     StreamKind, StreamOpen,
 };
 use tokio::{net::TcpStream, sync::Semaphore};
@@ -134,19 +134,14 @@ async fn visitor(
     let bucket = crate::access::meter::tcp_bucket(shared, server.port());
     let idle = Some(shared.config.limits.idle_timeout);
     let mut stream = stream;
-    // The zero-copy splice (the common, benchmarked case) has no per-chunk hook: its bytes
-    // show in the connections list when it ends. The other paths count as they copy.
+    // Every path counts bytes into the connections list as they move.
     let copied = match (sock, bucket) {
-        (Visitor::Plain(sock), None) => {
-            let r = splice(sock, stream, idle)
-                .await
-                .map(|s| (s.tcp_to_stream, s.stream_to_tcp));
-            if let Ok((up, down)) = r {
-                entry.add_up(up);
-                entry.add_down(down);
-            }
-            r
-        }
+        (Visitor::Plain(sock), None) => splice(sock, stream, idle, |dir, n| match dir {
+            Direction::TcpToStream => entry.add_up(n),
+            Direction::StreamToTcp => entry.add_down(n),
+        })
+        .await
+        .map(|s| (s.tcp_to_stream, s.stream_to_tcp)),
         (Visitor::Plain(sock), Some(b)) => {
             let mut sock = Tracked::new(Throttled::new(sock, b), entry);
             copy_bidirectional_idle(&mut sock, &mut stream, idle).await

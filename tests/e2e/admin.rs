@@ -687,6 +687,15 @@ async fn connections_are_listed_and_closed_one_at_a_time() {
         tcp_entry[0]["visitor"],
         tcp.local_addr().unwrap().to_string()
     );
+    // Counted while the (spliced, zero-copy) connection is still open.
+    assert_eq!(
+        (
+            tcp_entry[0]["bytes_up"].as_u64(),
+            tcp_entry[0]["bytes_down"].as_u64()
+        ),
+        (Some(4), Some(4)),
+        "{list:#?}"
+    );
     let udp_entry = of_kind(&list, "udp");
     assert_eq!(udp_entry.len(), 1, "{list:#?}");
     assert_eq!(

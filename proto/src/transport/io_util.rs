@@ -66,6 +66,15 @@ where
     }
 }
 
+/// Which way a [`splice`] moved a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the TCP socket into the stream.
+    TcpToStream,
+    /// From the stream out to the TCP socket.
+    StreamToTcp,
+}
+
 /// Bytes moved by [`splice`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpliceStats {
@@ -87,10 +96,13 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// With `idle = Some(d)`, a connection on which no byte moved in either direction for `d` is
 /// aborted the same way and the result is an [`io::ErrorKind::TimedOut`] error.
+///
+/// `progress` is told every chunk as it is moved (for live byte counts; `|_, _| {}` if none).
 pub async fn splice(
     tcp: TcpStream,
     stream: BiStream,
     idle: Option<Duration>,
+    progress: impl Fn(Direction, u64) + Sync,
 ) -> io::Result<SpliceStats> {
     let _ = tcp.set_nodelay(true);
     let (tcp_r, mut tcp_w) = tcp.into_split();
@@ -99,14 +111,14 @@ pub async fn splice(
 
     let copied = {
         let up = async {
-            let r = tcp_to_stream(&tcp_r, &mut send, &watch).await;
+            let r = tcp_to_stream(&tcp_r, &mut send, &watch, &progress).await;
             if r.is_err() {
                 send.reset(codes::RESET_ABORTED);
             }
             r
         };
         let down = async {
-            let r = stream_to_tcp(&mut recv, &mut tcp_w, &watch).await;
+            let r = stream_to_tcp(&mut recv, &mut tcp_w, &watch, &progress).await;
             if r.is_err() {
                 recv.stop(codes::RESET_ABORTED);
                 let _ = tcp_w.as_ref().set_zero_linger();
@@ -230,6 +242,7 @@ async fn tcp_to_stream(
     tcp: &tokio::net::tcp::OwnedReadHalf,
     send: &mut SendStream,
     watch: &IdleWatch,
+    progress: &impl Fn(Direction, u64),
 ) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
@@ -246,6 +259,7 @@ async fn tcp_to_stream(
         };
         if !buf.is_empty() {
             total += buf.len() as u64;
+            progress(Direction::TcpToStream, buf.len() as u64);
             watch.touch();
             send.write_chunk(buf.freeze()).await?;
             watch.touch();
@@ -261,10 +275,12 @@ async fn stream_to_tcp(
     recv: &mut RecvStream,
     tcp: &mut tokio::net::tcp::OwnedWriteHalf,
     watch: &IdleWatch,
+    progress: &impl Fn(Direction, u64),
 ) -> io::Result<u64> {
     let mut total = 0u64;
     while let Some(chunk) = recv.read_chunk(usize::MAX).await? {
         total += chunk.len() as u64;
+        progress(Direction::StreamToTcp, chunk.len() as u64);
         watch.touch();
         tcp.write_all(&chunk).await?;
         watch.touch();

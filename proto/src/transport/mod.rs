@@ -24,7 +24,7 @@ pub mod quic;
 pub mod tcp;
 
 pub use io_util::{
-    copy_bidirectional_idle, read_frame, splice, write_frame, FrameError, SpliceStats,
+    copy_bidirectional_idle, read_frame, splice, write_frame, Direction, FrameError, SpliceStats,
 };
 
 /// A boxed future, for the object-safe [`Transport`] trait.
