@@ -1,6 +1,8 @@
 //! Logging: `PERISCOPE_LOG` (or `RUST_LOG`) filters, `--log-format text|json`.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{
+    filter::LevelFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
 
 /// Install the global subscriber.
 pub fn init(format: &str) {
@@ -11,10 +13,26 @@ pub fn init(format: &str) {
         eprintln!("warning: bad log filter `{filter}`: {e}; using `info`");
         EnvFilter::new("info")
     });
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The relay's warnings and errors also go to its status page, whatever the log filter.
+    let recent = relay::events::RecentErrors.with_filter(LevelFilter::WARN);
+    let registry = tracing_subscriber::registry().with(recent);
     let _ = if format == "json" {
-        builder.json().try_init()
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init()
     } else {
-        builder.with_target(false).try_init()
+        registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
+            .try_init()
     };
 }

@@ -93,6 +93,7 @@ fn table() -> Vec<Route> {
         ("POST", "/api/bans", Token, post(add_ban)),
         ("DELETE", "/api/bans/{ip}", Token, delete(unban)),
         ("GET", "/api/users", Token, get(users)),
+        ("GET", "/api/errors", Token, get(errors)),
         ("GET", "/api/tokens", Token, get(list_tokens)),
         ("POST", "/api/tokens", Token, post(issue_token)),
         (
@@ -578,6 +579,11 @@ struct UserView {
 }
 
 /// The users file's accounts.
+/// The relay's recent warnings and errors, newest first (see [`crate::events`]).
+async fn errors() -> Json<Vec<crate::events::RecentEvent>> {
+    Json(crate::events::recent())
+}
+
 async fn users(State(st): State<AdminState>) -> Result<Json<Vec<UserView>>, (StatusCode, String)> {
     let file = crate::access::users::UsersFile::load(&st.shared.config.users_file())
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -717,6 +723,7 @@ button:hover{background:var(--err);color:#fff}
 <h2>Agents</h2><div class="scroll"><table id="agents"><thead><tr><th>agent</th><th>health</th><th>transport</th><th class="hide-s">address</th><th>RTT</th><th>connected</th><th class="hide-s">token expires</th></tr></thead><tbody></tbody></table></div>
 <h2>Tunnels</h2><div class="scroll"><table id="tunnels"><thead><tr><th>public URL</th><th>type</th><th>target</th><th>agent</th><th>streams</th><th>in / out</th></tr></thead><tbody></tbody></table></div>
 <h2>Recent bans</h2><div class="scroll"><table id="bans"><thead><tr><th>address</th><th>since</th><th>until</th><th>last user</th><th></th></tr></thead><tbody></tbody></table></div>
+<h2>Recent errors</h2><div class="scroll"><table id="errors"><thead><tr><th>when</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table></div>
 <script>
 "use strict";
 const token=decodeURIComponent(location.hash.slice(1));
@@ -739,7 +746,7 @@ async function tick(){
   const st=document.getElementById("state");
   if(!token){st.innerHTML="Open this page as <code>http://ADDRESS/#TOKEN</code> (<code>periscope admin-token</code> prints the token).";return;}
   try{
-    const [agents,tunnels,conns,bans]=await Promise.all(["/api/agents","/api/tunnels","/api/connections","/api/bans"].map(p=>api(p)));
+    const [agents,tunnels,conns,bans,errors]=await Promise.all(["/api/agents","/api/tunnels","/api/connections","/api/bans","/api/errors"].map(p=>api(p)));
     const now=Date.now()/1000;
     rows("conns",conns,"no live connections",c=>'<tr><td><button data-close="'+c.id+'" title="end this connection now">close</button></td><td class=path>'+esc(c.host)+esc(c.path)+"</td><td>"+rate(c.down_bps)+" / "+rate(c.up_bps)+"</td><td>"+dur(c.duration_secs)+"</td><td>"+esc(c.visitor)+"</td><td>"+(c.user?esc(c.user):'<span class=muted>–</span>')+"</td><td><span class=kind>"+esc(c.kind)+'</span></td><td class=hide-s>'+size(c.bytes_down)+" / "+size(c.bytes_up)+"</td></tr>");
     rows("agents",agents,"no agent connected",a=>{
@@ -748,6 +755,7 @@ async function tick(){
       return "<tr><td>"+esc(a.name)+' <small class=muted>'+esc(a.version)+"</small></td><td>"+h+"</td><td>"+esc(a.transport)+'</td><td class=hide-s>'+esc(a.remote)+"</td><td>"+a.rtt_ms.toFixed(1)+" ms</td><td>"+dur(a.connected_secs)+'</td><td class="hide-s '+(exp<7*86400?"warn":"")+'">'+esc(when(a.token_expires))+"</td></tr>";});
     rows("tunnels",tunnels,"no tunnels",t=>"<tr><td>"+(t.type==="http"?'<a href="'+esc(t.public)+'" rel="noreferrer">'+esc(t.public)+"</a>":"<code>"+esc(t.public)+"</code>")+"</td><td>"+esc(t.type)+"</td><td>"+esc(t.target)+"</td><td>"+esc(t.agent)+"</td><td>"+t.streams+"</td><td>"+rate(t.in_bps)+" / "+rate(t.out_bps)+"</td></tr>");
     rows("bans",bans,"no bans",b=>"<tr><td>"+esc(b.ip)+"</td><td>"+esc(when(b.since))+"</td><td>"+esc(when(b.until))+"</td><td>"+esc(b.last_user)+'</td><td><button data-unban="'+esc(b.ip)+'">lift</button></td></tr>');
+    rows("errors",errors.slice(0,20),"no warnings or errors",e=>"<tr><td>"+esc(when(e.time))+'</td><td class='+(e.level==="ERROR"?"err":"warn")+">"+esc(e.level)+'</td><td class=path>'+esc(e.message)+"</td></tr>");
     document.getElementById("n-agents").textContent=agents.length;
     document.getElementById("n-tunnels").textContent=tunnels.length;
     document.getElementById("n-conns").textContent=conns.length;

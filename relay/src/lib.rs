@@ -25,6 +25,7 @@ mod certs;
 pub mod config;
 mod conns;
 pub mod error;
+pub mod events;
 mod http;
 pub mod identity;
 pub mod ledger;

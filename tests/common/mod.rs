@@ -37,11 +37,19 @@ macro_rules! assert_eventually {
 }
 
 /// Log to the test's captured output; `PERISCOPE_LOG=debug cargo test` for more.
+/// The relay's warnings also reach its `/api/errors`, as in the binary.
 pub fn trace() {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, Layer};
     let filter = std::env::var("PERISCOPE_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with(
+            relay::events::RecentErrors.with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
         .try_init();
 }
 

@@ -1109,3 +1109,41 @@ async fn token_and_share_ledger_revocations_and_bans_take_effect_at_once() {
     agent.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn recent_errors_are_on_the_api_and_the_status_page() {
+    trace();
+    let relay = TestRelay::start().await;
+    let token = relay.admin_token.clone();
+    // A rejected agent is a warning in the relay's log, and so on its status page.
+    let mut agent = AgentBuilder::new(&relay, "not-a-jwt")
+        .tcp("echo", echo_server().await, free_port())
+        .start()
+        .await;
+    agent
+        .wait_for("rejected", |s| matches!(s, agent::Status::Rejected { .. }))
+        .await;
+    let mut errors: Vec<serde_json::Value>;
+    assert_eventually!(
+        {
+            let (status, body) = admin_get(&relay, "/api/errors", Some(&token)).await;
+            assert_eq!(status, StatusCode::OK);
+            errors = serde_json::from_str(&body).unwrap();
+            errors.iter().any(|e| {
+                e["level"] == "WARN"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("agent rejected: bad token"))
+            })
+        },
+        5,
+        "the rejection is listed: {errors:#?}"
+    );
+    assert!(errors
+        .iter()
+        .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
+    let (_, page) = admin_get(&relay, "/", None).await;
+    assert!(page.contains("Recent errors") && page.contains("/api/errors"));
+    agent.stop().await;
+    relay.stop().await;
+}
