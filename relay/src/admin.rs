@@ -1,12 +1,13 @@
 //! The admin listener (axum): a JSON API, Prometheus `/metrics`, `/healthz` and a status page.
 //!
-//! It binds loopback only (an SSH tunnel reaches it from elsewhere) and every route but the
+//! It binds loopback by default (plain HTTP; an SSH tunnel reaches it from elsewhere); any other
+//! address, or `listen.admin_tls`, is served over TLS with the relay's certificate. Every route but the
 //! status page's static shell needs `Authorization: Bearer TOKEN`, the admin token kept in
 //! `DATA_DIR/admin.token` (0600, created on first start; `periscope admin-token` prints it).
 //! The shell holds no data: it reads the token from the URL fragment (never sent to a server)
 //! and calls the API with it. No cookies, so no CSRF.
 
-use std::{future::IntoFuture, path::PathBuf, sync::Arc, time::SystemTime};
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
 
 use axum::{
     extract::{Request, State},
@@ -130,6 +131,7 @@ fn app(state: AdminState) -> Router {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     token: String,
     shutdown: CancellationToken,
 ) {
@@ -137,11 +139,115 @@ pub(crate) async fn serve(
         shared: shared.clone(),
         token_digest: digest(token.as_bytes()).into(),
     };
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let (served, ()) = tokio::join!(served.into_future(), shared.conns.sampler(shutdown));
+    let served = async {
+        match tls {
+            None => {
+                axum::serve(listener, app(state))
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+            Some(tls) => {
+                let limit = shared.config.limits.visitor_handshake_timeout;
+                let (listener, handshakes) =
+                    TlsListener::new(listener, tls, limit, shutdown.clone());
+                let served = axum::serve(listener, app(state))
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+                tokio::join!(async { served.await }, handshakes).0
+            }
+        }
+    };
+    let (served, ()) = tokio::join!(served, shared.conns.sampler(shutdown.clone()));
     if let Err(e) = served {
         tracing::warn!("admin listener failed: {e}");
+    }
+}
+
+/// The admin listener's TLS config: the relay's identity certificate (the one agents pin),
+/// HTTP/2 and HTTP/1.1.
+pub(crate) fn tls_config(
+    id: &identity::Identity,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(proto::transport::quic::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// TLS in front of the admin routes (a non-loopback `listen.admin`, or `listen.admin_tls`).
+/// Handshakes run in their own tasks, bounded by the visitor handshake timeout, so a client
+/// that never finishes one cannot hold the others up; finished ones queue for axum.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// The listener, and the accept loop to run beside it (it ends with `shutdown`, after the
+    /// handshakes in flight, each bounded by `limit`).
+    fn new(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        limit: std::time::Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()>) {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(16);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let accepting = async move {
+            let handshakes = tokio_util::task::TaskTracker::new();
+            loop {
+                let (sock, peer) = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("admin accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                handshakes.spawn(async move {
+                    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(remote = %peer, "admin TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::debug!(remote = %peer, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+            handshakes.close();
+            handshakes.wait().await;
+        };
+        (TlsListener { ready, local }, accepting)
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task ended (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

@@ -196,9 +196,13 @@ pub struct ListenConfig {
     /// challenges.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
-    /// Admin API, Prometheus metrics and status page (loopback only; bearer token).
+    /// Admin API, Prometheus metrics and status page (bearer token). Plain HTTP on loopback;
+    /// any other address is served only over TLS.
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// Serve the admin API over TLS on loopback too (always on for other addresses).
+    #[serde(default)]
+    pub admin_tls: bool,
     /// IP address on which tcp/udp tunnel ports open.
     #[serde(default = "default_tunnels")]
     pub tunnels: IpAddr,
@@ -227,6 +231,7 @@ impl Default for ListenConfig {
             quic: default_quic(),
             http: default_http(),
             admin: default_admin(),
+            admin_tls: false,
             tunnels: default_tunnels(),
         }
     }
@@ -635,6 +640,11 @@ impl QuicConfig {
 }
 
 impl RelayConfig {
+    /// Whether the admin API is served over TLS: on any non-loopback address, or when asked.
+    pub fn admin_over_tls(&self) -> bool {
+        self.listen.admin_tls || !self.listen.admin.ip().is_loopback()
+    }
+
     /// TLS+yamux settings for agents on the TCP fallback: the `[quic]` keep-alive and idle
     /// timeout apply to both transports, so a dead agent is noticed equally fast.
     pub(crate) fn tcp_transport_settings(&self) -> proto::transport::tcp::TcpSettings {
@@ -661,6 +671,7 @@ impl RelayConfig {
                 quic: SocketAddr::from(([127, 0, 0, 1], 4443)),
                 http: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 admin: default_admin(),
+                admin_tls: false,
                 tunnels: IpAddr::from([127, 0, 0, 1]),
             },
             tls: TlsConfig {
@@ -688,12 +699,6 @@ impl RelayConfig {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return bad("tls", "set both cert and key, or neither");
-        }
-        if !self.listen.admin.ip().is_loopback() {
-            return bad(
-                "listen.admin",
-                "the admin API listens on loopback only (reach it from elsewhere with an SSH tunnel)",
-            );
         }
         if self.tls.cert.is_some() && self.tls.acme_email.is_some() {
             return bad("tls", "use certificate files or acme_email, not both");

@@ -101,6 +101,8 @@ pub struct Relay {
     http: tokio::net::TcpListener,
     admin: tokio::net::TcpListener,
     admin_token: String,
+    /// TLS for the admin listener (`RelayConfig::admin_over_tls`), with the relay's identity.
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
     fingerprint: String,
 }
 
@@ -147,6 +149,11 @@ impl Relay {
         let http = bind(config.listen.http).await?;
         let admin = bind(config.listen.admin).await?;
         let admin_token = admin::load_or_create_token(&config)?;
+        let admin_tls = if config.admin_over_tls() {
+            Some(admin::tls_config(&id).map_err(|e| RelayError::Key(format!("admin TLS: {e}")))?)
+        } else {
+            None
+        };
         let https_port = https
             .local_addr()
             .map_or(config.listen.https.port(), |a| a.port());
@@ -206,6 +213,7 @@ impl Relay {
             http,
             admin,
             admin_token,
+            admin_tls,
             fingerprint: id.fingerprint,
         })
     }
@@ -294,9 +302,14 @@ impl Relay {
             shutdown.clone(),
             tracker.clone(),
         ));
+        if self.admin_tls.is_some() {
+            tracing::info!(admin = %admin_addr, fingerprint = %self.fingerprint,
+                "admin API over TLS with the relay's certificate (check it against this fingerprint, or curl --cacert DATA_DIR/self-signed.crt)");
+        }
         tracker.spawn(admin::serve(
             shared.clone(),
             self.admin,
+            self.admin_tls,
             self.admin_token,
             shutdown.clone(),
         ));

@@ -1147,3 +1147,75 @@ async fn recent_errors_are_on_the_api_and_the_status_page() {
     agent.stop().await;
     relay.stop().await;
 }
+
+/// A GET over an established (TLS) connection: status and body.
+async fn get_over<S>(io: S, path: &str, token: Option<&str>) -> (StatusCode, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", "localhost");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn admin_over_tls_with_the_relays_certificate() {
+    // What a non-loopback `listen.admin` gets; forced here on loopback.
+    let relay = TestRelay::start_configured(|c| c.listen.admin_tls = true).await;
+    let token = relay.admin_token.clone();
+    let trust = [relay.data_dir().join("self-signed.crt")];
+    let tls = tls_connect_to(relay.admin, &trust, "localhost", b"http/1.1").await;
+    assert_eq!(
+        get_over(tls, "/api/agents", Some(&token)).await,
+        (StatusCode::OK, "[]".to_string())
+    );
+    let tls = tls_connect_to(relay.admin, &trust, "localhost", b"http/1.1").await;
+    assert_eq!(
+        get_over(tls, "/api/agents", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Plain HTTP gets no answer from it.
+    let tcp = tokio::net::TcpStream::connect(relay.admin).await.unwrap();
+    let plain = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp)),
+    )
+    .await
+    .unwrap();
+    let (mut send, conn) = plain.unwrap();
+    tokio::spawn(conn);
+    let r = send
+        .send_request(
+            Request::get("/healthz")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(r.is_err(), "plain HTTP must not be answered: {r:?}");
+    relay.stop().await;
+}
+
+#[test]
+fn a_non_loopback_admin_address_means_tls() {
+    let mut c = relay::RelayConfig::dev(std::env::temp_dir());
+    assert!(!c.admin_over_tls());
+    c.listen.admin = "[::]:9090".parse().unwrap();
+    assert!(c.admin_over_tls());
+    c.validate().unwrap();
+}
