@@ -587,31 +587,25 @@ async fn probe_quic(agent: &Agent) -> Dialled {
     }
 }
 
-/// Priority of the control stream's data over every data stream (quinn's default is 0).
-pub(crate) const CONTROL_PRIORITY: i32 = 100;
-
 /// Pings on the control stream that need the relay's answer. QUIC's keep-alives cannot tell
 /// when only our packets are lost (UDP blocked toward the relay): the relay's keep-alives
 /// still arrive and hold our idle timer open until the relay itself gives up, ~20 s.
 #[derive(Debug, Clone, Copy)]
 struct Heartbeat {
     every: Duration,
-    floor: Duration,
 }
 
 impl Heartbeat {
     /// A ping every quarter keep-alive; dead after three quarters without a pong (1.5 s by
     /// default), or four round trips on a long link.
     fn new(keep_alive: Duration) -> Self {
-        let every = (keep_alive / 4).max(Duration::from_millis(50));
         Heartbeat {
-            every,
-            floor: every * 3,
+            every: (keep_alive / 4).max(Duration::from_millis(50)),
         }
     }
 
     fn deadline(&self, rtt: Duration) -> Duration {
-        self.floor.max(rtt * 4 + self.every)
+        (self.every * 3).max(rtt * 4 + self.every)
     }
 }
 
@@ -653,7 +647,7 @@ async fn serve_streams(
         };
         tokio::pin!(control);
         let ctrl_send = &mut ctrl.send;
-        ctrl_send.set_priority(CONTROL_PRIORITY);
+        ctrl_send.set_priority(proto::transport::CONTROL_PRIORITY);
         let heartbeat = Heartbeat::new(agent.config.quic.keep_alive);
         let quic = conn.kind() == TransportKind::Quic;
         let mut ticker = tokio::time::interval(heartbeat.every);

@@ -487,7 +487,7 @@ async fn run_session(
         )
         .collect();
     // Pongs go out ahead of bulk data: the agent calls the connection dead without them.
-    ctrl.send.set_priority(100);
+    ctrl.send.set_priority(proto::transport::CONTROL_PRIORITY);
     if let Err(e) = write_frame(&mut ctrl.send, &Control::Welcome(live.welcome(&ctx))).await {
         tracing::debug!("agent left before Welcome: {e}");
         release_routes(&shared, id);

@@ -802,7 +802,21 @@ pub async fn admin_call(
     body: &str,
 ) -> (http::StatusCode, String) {
     let tcp = TcpStream::connect(relay.admin).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+    admin_call_over(tcp, method, path, token, body).await
+}
+
+/// [`admin_call`] over a connection already made (plain or TLS).
+pub async fn admin_call_over<S>(
+    io: S,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (http::StatusCode, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
         .await
         .unwrap();
     tokio::spawn(conn);

@@ -1148,31 +1148,6 @@ async fn recent_errors_are_on_the_api_and_the_status_page() {
     relay.stop().await;
 }
 
-/// A GET over an established (TLS) connection: status and body.
-async fn get_over<S>(io: S, path: &str, token: Option<&str>) -> (StatusCode, String)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::get(path).header("host", "localhost");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = send
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 #[tokio::test]
 async fn admin_over_tls_with_the_relays_certificate() {
     // What a non-loopback `listen.admin` gets; forced here on loopback.
@@ -1181,12 +1156,12 @@ async fn admin_over_tls_with_the_relays_certificate() {
     let trust = [relay.data_dir().join("self-signed.crt")];
     let tls = tls_connect_to(relay.admin, &trust, "localhost", b"http/1.1").await;
     assert_eq!(
-        get_over(tls, "/api/agents", Some(&token)).await,
+        admin_call_over(tls, "GET", "/api/agents", Some(&token), "").await,
         (StatusCode::OK, "[]".to_string())
     );
     let tls = tls_connect_to(relay.admin, &trust, "localhost", b"http/1.1").await;
     assert_eq!(
-        get_over(tls, "/api/agents", None).await.0,
+        admin_call_over(tls, "GET", "/api/agents", None, "").await.0,
         StatusCode::UNAUTHORIZED
     );
     // Plain HTTP gets no answer from it.

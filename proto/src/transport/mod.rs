@@ -164,6 +164,10 @@ pub enum RecvStream {
     Tcp(tcp::TcpRecvStream),
 }
 
+/// Priority of the control stream's data over every data stream (quinn's default is 0), on
+/// both sides: the agent's heartbeat calls the connection dead without timely pongs.
+pub const CONTROL_PRIORITY: i32 = 100;
+
 impl SendStream {
     /// Abort the stream: the peer sees an error, not a clean end.
     pub fn reset(&mut self, code: u32) {
