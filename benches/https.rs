@@ -3,7 +3,9 @@
 //! - direct: the origin itself (nginx serving files, plain HTTP);
 //! - nginx TLS: nginx as a TLS reverse proxy to the origin;
 //! - nginx TLS + rathole: nginx in front of a rathole tunnel (when `RATHOLE` or `rathole` on
-//!   PATH is available) — the proxy-plus-tunnel stack Periscope replaces;
+//!   PATH is available) — the proxy-plus-tunnel stack Periscope replaces — once with rathole's
+//!   default plain tcp transport and once noise-encrypted (like for like with Periscope's QUIC:
+//!   a tunnel across the internet must be encrypted);
 //! - periscope: relay (HTTPS edge) + agent (QUIC) to the origin.
 //!
 //! Load: wrk (HTTP/1.1 keep-alive: req/s, p50, p99) and h2load (HTTP/2: req/s) for a 1 KiB
@@ -12,7 +14,11 @@
 //! connections direct, one HTTP/2 connection through Periscope).
 //!
 //! `cargo bench --bench https` (needs `wrk`, `h2load` from nghttp2-client, `nginx`; apt).
-//! Medians of RUNS runs. Every loop is bounded; every process is killed on drop.
+//! Medians of `ROUNDS` (default 5) rounds that interleave the systems. Beside req/s, the CPU
+//! time the stack's own processes spent per request (from `/proc`; the origin's is left out,
+//! except in the direct row where it is all there is): the load generator shares the machine's
+//! cores with everything measured, so req/s moves with scheduling, CPU per request much less.
+//! Every loop is bounded; every process is stopped on drop.
 
 #![allow(clippy::unwrap_used)]
 
@@ -33,7 +39,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 const EXE: &str = env!("CARGO_BIN_EXE_periscope");
-const RUNS: usize = 3;
+/// Rounds of load per system (`ROUNDS` overrides); medians are reported.
+const ROUNDS: usize = 5;
 const LOAD_SECS: u32 = 8;
 const FRAMES: usize = 200;
 const FRAME_BYTES: usize = 30_000;
@@ -64,6 +71,16 @@ impl Drop for Procs {
             let _ = c.wait();
         }
     }
+}
+
+/// One stack under test: where wrk sends its load and which processes do the work.
+struct System {
+    name: &'static str,
+    scheme: &'static str,
+    port: u16,
+    host: String,
+    /// Processes (with their children) whose CPU time counts for this stack.
+    pids: Vec<u32>,
 }
 
 fn wait_port(port: u16) {
@@ -120,16 +137,40 @@ fn nginx_tls(dir: &Path, name: &str, port: u16, upstream: u16) -> Child {
     )
 }
 
-/// rathole server + client forwarding public `port` to `target` (plain tcp transport, as
-/// behind nginx TLS).
-fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
+/// rathole server + client forwarding public `port` to `target`: plain tcp transport (as
+/// behind nginx TLS, and rathole's default), or noise-encrypted when `noise` is true (what a
+/// tunnel across the internet needs: the like-for-like comparison with Periscope's QUIC).
+fn rathole(dir: &Path, bin: &Path, port: u16, target: u16, noise: bool) -> Vec<Child> {
     let ctl = free_port();
-    let s = dir.join("rathole-server.toml");
-    let c = dir.join("rathole-client.toml");
+    let name = if noise { "noise" } else { "tcp" };
+    let s = dir.join(format!("rathole-{name}-server.toml"));
+    let c = dir.join(format!("rathole-{name}-client.toml"));
+    let (server_transport, client_transport) = if noise {
+        let out = Command::new(bin).arg("--genkey").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let keys: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with('='))
+            .collect();
+        assert_eq!(keys.len(), 2, "rathole --genkey: {text}");
+        (
+            format!(
+                "[server.transport]\ntype = \"noise\"\n[server.transport.noise]\nlocal_private_key = \"{}\"\n",
+                keys[0]
+            ),
+            format!(
+                "[client.transport]\ntype = \"noise\"\n[client.transport.noise]\nremote_public_key = \"{}\"\n",
+                keys[1]
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     std::fs::write(
         &s,
         format!(
-            "[server]\nbind_addr = \"127.0.0.1:{ctl}\"\n[server.services.web]\ntoken = \"t\"\n\
+            "[server]\nbind_addr = \"127.0.0.1:{ctl}\"\n{server_transport}[server.services.web]\ntoken = \"t\"\n\
              bind_addr = \"127.0.0.1:{port}\"\n"
         ),
     )
@@ -137,7 +178,7 @@ fn rathole(dir: &Path, bin: &Path, port: u16, target: u16) -> Vec<Child> {
     std::fs::write(
         &c,
         format!(
-            "[client]\nremote_addr = \"127.0.0.1:{ctl}\"\n[client.services.web]\ntoken = \"t\"\n\
+            "[client]\nremote_addr = \"127.0.0.1:{ctl}\"\n{client_transport}[client.services.web]\ntoken = \"t\"\n\
              local_addr = \"127.0.0.1:{target}\"\n"
         ),
     )
@@ -223,8 +264,18 @@ fn periscope(dir: &Path, targets: &[(&str, SocketAddr)]) -> (u16, Vec<Child>) {
     (https, vec![relay, agent])
 }
 
-/// wrk: (req/s, p50 ms, p99 ms).
-fn wrk(url: &str, host: &str) -> (f64, f64, f64) {
+/// One load run's figures.
+#[derive(Clone, Copy)]
+struct Load {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    /// Requests answered (for CPU per request).
+    requests: f64,
+}
+
+/// wrk: HTTP/1.1 keep-alive load.
+fn wrk(url: &str, host: &str) -> Load {
     let out = Command::new("wrk")
         .args(["-t2", "-c32", &format!("-d{LOAD_SECS}s"), "--latency"])
         .args(["-H", &format!("Host: {host}")])
@@ -246,11 +297,12 @@ fn wrk(url: &str, host: &str) -> (f64, f64, f64) {
         }
     };
     let mut rps = f64::NAN;
-    let (mut p50, mut p99) = (f64::NAN, f64::NAN);
+    let (mut p50, mut p99, mut requests) = (f64::NAN, f64::NAN, f64::NAN);
     for l in text.lines() {
         let w: Vec<&str> = l.split_whitespace().collect();
         match w.as_slice() {
             ["Requests/sec:", v] => rps = v.parse().unwrap_or(f64::NAN),
+            [n, "requests", "in", ..] => requests = n.parse().unwrap_or(f64::NAN),
             ["50%", v] => p50 = ms(v),
             ["99%", v] => p99 = ms(v),
             _ => {}
@@ -259,7 +311,46 @@ fn wrk(url: &str, host: &str) -> (f64, f64, f64) {
     if rps.is_nan() {
         eprintln!("wrk {url}: {text}");
     }
-    (rps, p50, p99)
+    Load {
+        rps,
+        p50,
+        p99,
+        requests,
+    }
+}
+
+/// CPU seconds (user + system) used so far by the processes `roots` and all their
+/// descendants (nginx workers), from `/proc`.
+fn cpu_seconds(roots: &[u32]) -> f64 {
+    // (pid, ppid, ticks) of every process.
+    let procs: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ppid = rest.get(1)?.parse().ok()?;
+            let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+            Some((pid, ppid, ticks))
+        })
+        .collect();
+    let mut tree: Vec<u32> = roots.to_vec();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(procs.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let ticks: u64 = procs
+        .iter()
+        .filter(|p| tree.contains(&p.0))
+        .map(|p| p.2)
+        .sum();
+    // USER_HZ: 100 on every Linux architecture we run on.
+    ticks as f64 / 100.0
 }
 
 /// h2load: req/s over 4 connections × 16 streams.
@@ -455,24 +546,47 @@ fn main() {
         ),
     )]);
     wait_port(origin);
+    let origin_pid = procs.0[0].id();
     let proxy = free_port();
     procs.0.push(nginx_tls(d, "proxy", proxy, origin));
     wait_port(proxy);
-    let mut systems: Vec<(String, String, u16)> = vec![
-        (
-            "direct (origin, plain HTTP/1.1)".into(),
-            "http".into(),
-            origin,
-        ),
-        ("nginx TLS reverse proxy".into(), "https".into(), proxy),
+    let mut systems = vec![
+        System {
+            name: "direct (origin, plain HTTP/1.1)",
+            scheme: "http",
+            port: origin,
+            host: format!("cam.localhost:{origin}"),
+            pids: vec![origin_pid],
+        },
+        System {
+            name: "nginx TLS reverse proxy",
+            scheme: "https",
+            port: proxy,
+            host: format!("cam.localhost:{proxy}"),
+            pids: vec![procs.0[1].id()],
+        },
     ];
     if let Some(bin) = rathole_bin() {
-        let (rh, front) = (free_port(), free_port());
-        procs.0.extend(rathole(d, &bin, rh, origin));
-        procs.0.push(nginx_tls(d, "front", front, rh));
-        wait_port(front);
-        wait_port(rh);
-        systems.push(("nginx TLS + rathole".into(), "https".into(), front));
+        for (noise, name) in [
+            (false, "nginx TLS + rathole (tcp)"),
+            (true, "nginx TLS + rathole (noise)"),
+        ] {
+            let (rh, front) = (free_port(), free_port());
+            let tunnel = rathole(d, &bin, rh, origin, noise);
+            let front_proc = nginx_tls(d, &format!("front-{rh}"), front, rh);
+            let pids = tunnel.iter().chain([&front_proc]).map(Child::id).collect();
+            procs.0.extend(tunnel);
+            procs.0.push(front_proc);
+            wait_port(front);
+            wait_port(rh);
+            systems.push(System {
+                name,
+                scheme: "https",
+                port: front,
+                host: format!("cam.localhost:{front}"),
+                pids,
+            });
+        }
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let epoch = Instant::now();
@@ -484,38 +598,53 @@ fn main() {
             ("files", SocketAddr::from(([127, 0, 0, 1], origin))),
         ],
     );
+    systems.push(System {
+        name: "periscope (relay + agent, QUIC)",
+        scheme: "https",
+        port: edge,
+        host: format!("files.localhost:{edge}"),
+        pids: p.iter().map(Child::id).collect(),
+    });
     procs.0.extend(p);
-    systems.push((
-        "periscope (relay + agent, QUIC)".into(),
-        "https".into(),
-        edge,
-    ));
 
-    println!("| system | body | HTTP/1.1 req/s | p50 ms | p99 ms | HTTP/2 req/s |");
-    println!("|---|---|---|---|---|---|");
-    for (name, scheme, port) in &systems {
-        let host = if name.starts_with("periscope") {
-            format!("files.localhost:{port}")
-        } else {
-            format!("cam.localhost:{port}")
-        };
-        for body in ["1k", "1m"] {
-            let url = format!("{scheme}://127.0.0.1:{port}/{body}");
-            let mut r = Vec::new();
-            for _ in 0..RUNS {
-                r.push(wrk(&url, &host));
+    // Rounds interleave the systems (a, b, c, a, b, c, …) so that the machine's drift over
+    // the minutes of a run (other tenants, thermal, page cache) falls on all of them alike.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    println!("| system | body | HTTP/1.1 req/s | p50 ms | p99 ms | CPU µs/req | HTTP/2 req/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for body in ["1k", "1m"] {
+        let mut h1: Vec<Vec<(Load, f64)>> = vec![Vec::new(); systems.len()];
+        let mut h2: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
+        for _ in 0..rounds {
+            for (i, s) in systems.iter().enumerate() {
+                let url = format!("{}://127.0.0.1:{}/{body}", s.scheme, s.port);
+                // CPU of the proxy/tunnel processes only: the origin is the same for all.
+                let before = cpu_seconds(&s.pids);
+                let load = wrk(&url, &s.host);
+                let cpu = (cpu_seconds(&s.pids) - before) / load.requests * 1e6;
+                h1[i].push((load, cpu));
+                if s.scheme == "https" {
+                    h2[i].push(h2load(&url, &s.host));
+                }
             }
-            let h2 = if scheme == "https" {
-                let v: Vec<f64> = (0..RUNS).map(|_| h2load(&url, &host)).collect();
-                format!("{:.0}", median(v))
-            } else {
+        }
+        for (i, s) in systems.iter().enumerate() {
+            let m = |f: fn(&(Load, f64)) -> f64| median(h1[i].iter().map(f).collect());
+            let h2 = if h2[i].is_empty() {
                 "—".into()
+            } else {
+                format!("{:.0}", median(h2[i].clone()))
             };
             println!(
-                "| {name} | {body} | {:.0} | {:.2} | {:.2} | {h2} |",
-                median(r.iter().map(|x| x.0).collect()),
-                median(r.iter().map(|x| x.1).collect()),
-                median(r.iter().map(|x| x.2).collect()),
+                "| {} | {body} | {:.0} | {:.2} | {:.2} | {:.1} | {h2} |",
+                s.name,
+                m(|x| x.0.rps),
+                m(|x| x.0.p50),
+                m(|x| x.0.p99),
+                m(|x| x.1),
             );
         }
     }

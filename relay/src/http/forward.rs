@@ -1,7 +1,11 @@
 //! Routing a visitor request by its authority and carrying it to the agent: one stream per
 //! request (or upgraded connection), HTTP/1.1 toward the target, bodies streamed both ways.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use bytes::Bytes;
@@ -15,6 +19,7 @@ use proto::{
     transport::{copy_bidirectional_idle, Connection},
     HttpOptions, StreamErrorKind, StreamKind, StreamOpen,
 };
+use tokio::time::Instant;
 
 use super::{pages::page, Body};
 use crate::{
@@ -55,8 +60,10 @@ pub(crate) struct Route {
 /// (agent gone), after [`POOL_IDLE_FOR`] unused, or when the recorder closes them.
 #[derive(Debug, Default)]
 pub(crate) struct Pool {
-    idle: std::sync::Mutex<Vec<(u64, Sender, std::time::Instant)>>,
-    next_id: std::sync::atomic::AtomicU64,
+    /// Oldest first: connections are put back in time order and taken from the end.
+    idle: std::sync::Mutex<Vec<(Sender, Instant)>>,
+    /// A [`sweep`] task is running (changed under the `idle` lock).
+    sweeping: std::sync::atomic::AtomicBool,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
@@ -65,12 +72,12 @@ type Sender = hyper::client::conn::http1::SendRequest<Body>;
 const POOL_MAX_IDLE: usize = 32;
 /// Reuse only connections idle for less than this: embedded web servers close keep-alive
 /// connections after a few seconds to a minute, and a reused one must still be open.
-const POOL_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(4);
+const POOL_IDLE_FOR: Duration = Duration::from_secs(4);
 
 impl Pool {
     fn take(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some((_, s, at)) = idle.pop() {
+        while let Some((s, at)) = idle.pop() {
             if at.elapsed() < POOL_IDLE_FOR && s.is_ready() {
                 return Some(s);
             }
@@ -78,21 +85,19 @@ impl Pool {
         None
     }
 
-    /// Keep `s` for reuse; it is dropped (closing its agent stream) if still idle after
-    /// [`POOL_IDLE_FOR`].
-    async fn put(self: Arc<Self>, s: Sender) {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.idle.lock() {
-            Ok(mut idle) if idle.len() < POOL_MAX_IDLE => {
-                idle.push((id, s, std::time::Instant::now()))
-            }
-            _ => return,
+    /// Keep `s` for reuse. One task per pool, not one per connection, drops (closing their
+    /// agent streams) those still idle after [`POOL_IDLE_FOR`]: a timer per response would
+    /// keep tens of thousands of tasks alive under load.
+    fn put(self: &Arc<Self>, s: Sender, tasks: &tokio_util::task::TaskTracker) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= POOL_MAX_IDLE {
+            return;
         }
-        tokio::time::sleep(POOL_IDLE_FOR).await;
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|(i, _, _)| *i != id);
+        idle.push((s, Instant::now()));
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tasks.spawn(sweep(Arc::downgrade(self)));
         }
     }
 
@@ -101,6 +106,32 @@ impl Pool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+    }
+}
+
+/// Drop `pool`'s connections as they pass [`POOL_IDLE_FOR`]; ends when the pool is empty (the
+/// next [`Pool::put`] starts another) or gone with its route.
+async fn sweep(pool: std::sync::Weak<Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let Ok(mut idle) = pool.idle.lock() else {
+                return;
+            };
+            let fresh = idle
+                .iter()
+                .position(|(_, at)| at.elapsed() < POOL_IDLE_FOR)
+                .unwrap_or(idle.len());
+            idle.drain(..fresh);
+            match idle.first() {
+                Some((_, at)) => *at + POOL_IDLE_FOR,
+                None => {
+                    pool.sweeping.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -426,9 +457,10 @@ async fn forward(
         // Back to the pool once this response has been read to its end (at once for most;
         // never for an endless MJPEG stream, whose connection closes with it).
         let pool = route.pool.clone();
+        let tasks = v.tasks.clone();
         v.tasks.spawn(async move {
             if sender.ready().await.is_ok() {
-                pool.put(sender).await;
+                pool.put(sender, &tasks);
             }
         });
     }
@@ -721,6 +753,59 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).unwrap()
+    }
+
+    /// A ready sender to the target; the returned end reads EOF once the sender is gone.
+    async fn sender(tasks: &tokio_util::task::TaskTracker) -> (Sender, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(1024);
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(near))
+            .await
+            .unwrap();
+        tasks.spawn(conn);
+        s.ready().await.unwrap();
+        (s, far)
+    }
+
+    async fn closed(far: &mut tokio::io::DuplexStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(1), far.read(&mut b)).await,
+            Ok(Ok(0))
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_dropped_after_the_idle_time_by_one_sweeper() {
+        let tasks = tokio_util::task::TaskTracker::new();
+        let pool = Arc::new(Pool::default());
+        let (a, mut far_a) = sender(&tasks).await;
+        let (b, mut far_b) = sender(&tasks).await;
+        pool.put(a, &tasks);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        pool.put(b, &tasks);
+        // The second put found the sweeper running: still one task beside the two connections.
+        assert_eq!(tasks.len(), 3);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert!(closed(&mut far_a).await, "idle for 4.1 s: dropped");
+        assert!(!closed(&mut far_b).await, "idle for 2.1 s: kept");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(closed(&mut far_b).await);
+        assert!(pool.take().is_none());
+        assert!(!pool.sweeping.load(Ordering::Relaxed), "the sweeper ended");
+        // Connection tasks ended with their senders, the sweeper with the empty pool.
+        tokio::task::yield_now().await;
+        assert_eq!(tasks.len(), 0);
+
+        // A fresh put starts a new sweeper; a connection taken back is not dropped by it.
+        let (c, mut far_c) = sender(&tasks).await;
+        pool.put(c, &tasks);
+        assert!(pool.sweeping.load(Ordering::Relaxed));
+        let c = pool.take().expect("fresh and ready");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!closed(&mut far_c).await, "in use, not in the pool");
+        assert!(!pool.sweeping.load(Ordering::Relaxed));
+        drop(c);
     }
 
     #[test]
