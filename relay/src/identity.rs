@@ -176,6 +176,42 @@ pub fn load(config: &RelayConfig) -> Result<Identity, RelayError> {
     })
 }
 
+/// What `periscope check` reports of `tls.cert` / `tls.key`.
+#[derive(Debug)]
+pub struct CertFiles {
+    /// The DNS names the certificate covers (its subject alternative names).
+    pub names: Vec<String>,
+    /// When it expires.
+    pub not_after: std::time::SystemTime,
+}
+
+/// Read and check `tls.cert` and `tls.key` exactly as the relay does at start (chain, key,
+/// the pair belonging together), so a bad file shows in `periscope check`, not at the next
+/// restart; `None` when the relay uses ACME or its self-signed certificate.
+pub fn check_cert_files(config: &RelayConfig) -> Result<Option<CertFiles>, RelayError> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let (chain, _) = crate::certs::load_files(cert, key)?;
+    let (_, not_after) = crate::certs::validity(&chain[0])?;
+    let names = match x509_parser::parse_x509_certificate(&chain[0]) {
+        Ok((_, c)) => match c.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    Ok(Some(CertFiles { names, not_after }))
+}
+
 /// The self-signed certificate in the data directory, created on first start.
 fn self_signed(
     config: &RelayConfig,

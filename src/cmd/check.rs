@@ -25,6 +25,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     p.ports
                 );
             }
+            cert_files(&c)?;
             match relay::access::users::UsersFile::load(&c.users_file()) {
                 Ok(u) if u.users.is_empty() => eprintln!(
                     "note: no users in {}: nobody can log in to private hostnames yet (`periscope user add`)",
@@ -51,5 +52,40 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
     };
     println!("{text}");
+    Ok(())
+}
+
+/// `tls.cert` / `tls.key`: read and matched as at start; names and expiry shown, with a
+/// warning when the hostnames under `domain` would not be covered or expiry is near.
+fn cert_files(c: &relay::RelayConfig) -> anyhow::Result<()> {
+    let Some(files) = relay::identity::check_cert_files(c)? else {
+        return Ok(());
+    };
+    let left = files
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    eprintln!(
+        "tls.cert: certificate for {} valid until {} ({} days left), tls.key matches it",
+        files.names.join(", "),
+        humantime::format_rfc3339_seconds(files.not_after),
+        left.as_secs() / 86_400
+    );
+    if left.is_zero() {
+        eprintln!("warning: tls.cert has expired: browsers will refuse it");
+    } else if left < std::time::Duration::from_secs(14 * 86_400) {
+        eprintln!("warning: tls.cert expires in less than 14 days: renew the files (the relay reads them at start)");
+    }
+    let domain = c.domain.trim_end_matches('.').to_ascii_lowercase();
+    let wildcard = format!("*.{domain}");
+    if !files
+        .names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&wildcard))
+    {
+        eprintln!(
+            "note: tls.cert does not cover {wildcard}: browsers refuse it for hostnames under {domain} that it does not list"
+        );
+    }
     Ok(())
 }

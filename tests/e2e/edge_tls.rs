@@ -652,3 +652,60 @@ async fn certificate_file_errors_name_the_file() {
     c.tls.key = Some(path("key.pem"));
     relay::Relay::bind(c).await.expect("a matching pair starts");
 }
+
+/// `periscope check` reads `tls.cert` / `tls.key` as the relay does at start: a good pair is
+/// reported with its names and expiry, a key of another certificate fails naming the file, a
+/// certificate that does not cover `*.DOMAIN` gets a note.
+#[test]
+fn check_reads_the_certificate_files() {
+    let (_, ca) = file_ca();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let (wild, wild_key, _) = file_leaf(&ca, &["*.example.test", "example.test"]);
+    let (cam, cam_key, _) = file_leaf(&ca, &["cam.example.test"]);
+    std::fs::write(path("wild.pem"), wild).unwrap();
+    std::fs::write(path("wild.key"), wild_key).unwrap();
+    std::fs::write(path("cam.pem"), cam).unwrap();
+    std::fs::write(path("cam.key"), cam_key).unwrap();
+    let check = |cert: &str, key: &str| {
+        let cfg = path("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "domain = \"example.test\"\ndata_dir = \"{}\"\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                path("data").display(),
+                path(cert).display(),
+                path(key).display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_periscope"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check("wild.pem", "wild.key");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("certificate for *.example.test, example.test valid until")
+            && err.contains("tls.key matches"),
+        "{err}"
+    );
+    assert!(!err.contains("does not cover"), "{err}");
+
+    let (ok, err) = check("cam.pem", "cam.key");
+    assert!(ok, "{err}");
+    assert!(err.contains("does not cover *.example.test"), "{err}");
+
+    let (ok, err) = check("wild.pem", "cam.key");
+    assert!(!ok, "a key of another certificate passed: {err}");
+    assert!(
+        err.contains("does not belong") && err.contains(&path("cam.key").display().to_string()),
+        "{err}"
+    );
+}

@@ -9,10 +9,13 @@
 #
 # The caller sets WORK (a scratch folder) and PIDS (an array), and calls ns_down on exit.
 
-NS_VISITOR=psc-visitor
-NS_VPS=psc-vps
-NS_NAT=psc-nat
-NS_HOME=psc-home
+# Namespace names carry the PID of the shell that sourced this file, so two runs at once (the
+# interop suite and the satellite bench, say) never tear down each other's network.
+NS_TAG=psc$$
+NS_VISITOR=$NS_TAG-visitor
+NS_VPS=$NS_TAG-vps
+NS_NAT=$NS_TAG-nat
+NS_HOME=$NS_TAG-home
 NS_ALL=("$NS_VISITOR" "$NS_VPS" "$NS_NAT" "$NS_HOME")
 VPS_PUBLIC=10.99.1.1
 VPS_UPLINK=10.99.2.1
@@ -54,9 +57,28 @@ ns_down() {
   return 0
 }
 
+# ns_reap_stale: remove namespaces left by runs that were killed before their ns_down (the
+# PID in the name is gone), with any process still inside them.
+ns_reap_stale() {
+  local ns owner pids
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    case $ns in
+      psc-*) owner= ;;                 # the fixed names of earlier versions
+      psc[0-9]*-*) owner=${ns#psc}; owner=${owner%%-*} ;;
+      *) continue ;;
+    esac
+    if [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null; then continue; fi
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    if [ -n "$pids" ]; then kill -9 $pids 2>/dev/null || true; fi
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
 # ns_up: build the four namespaces, the links and the NAT; start the link emulator clean.
 ns_up() {
   ns_down
+  ns_reap_stale
   for ns in "${NS_ALL[@]}"; do ip netns add "$ns"; in_ns "$ns" ip link set lo up; done
 
   ip link add vis0 netns "$NS_VISITOR" type veth peer name vps-vis netns "$NS_VPS"

@@ -149,14 +149,13 @@ pub(crate) fn current_user() -> Option<String> {
 }
 
 /// Run one request's handler, returning its response and the grant `check` recorded.
-pub(crate) async fn scoped<F: Future>(f: F) -> (F::Output, Option<Grant>) {
-    GRANT
-        .scope(RefCell::new(None), async move {
-            let out = f.await;
-            let g = GRANT.with(|cell| cell.borrow_mut().take());
-            (out, g)
-        })
-        .await
+pub(crate) fn scoped<F: Future>(f: F) -> impl Future<Output = (F::Output, Option<Grant>)> {
+    // Not an `async fn`: that would hold `f` and the scope future side by side.
+    GRANT.scope(RefCell::new(None), async move {
+        let out = f.await;
+        let g = GRANT.with(|cell| cell.borrow_mut().take());
+        (out, g)
+    })
 }
 
 /// A live stream: a response meant to run open-ended (MJPEG, chunked audio/video, SSE).

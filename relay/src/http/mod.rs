@@ -188,8 +188,10 @@ async fn connection(
                 .ok()
                 .filter(|h| shared.routes.contains_key(*h))
                 .map_or_else(|| "other".into(), |h| h.clone());
-            let (resp, grant) =
-                crate::access::meter::scoped(forward::handle(shared.clone(), ctx, req, host)).await;
+            // Boxed: the request's future is ~4 KiB, and unboxed it was copied whole each
+            // time it moved (into hyper's per-stream task on HTTP/2, among others).
+            let handle = Box::pin(forward::handle(shared.clone(), ctx, req, host));
+            let (resp, grant) = crate::access::meter::scoped(handle).await;
             let mut resp = crate::access::meter::meter(&shared, grant, resp, &upgrade);
             let m = &shared.metrics;
             m.http_response_seconds
