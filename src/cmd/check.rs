@@ -65,9 +65,13 @@ fn cert_files(c: &relay::RelayConfig) -> anyhow::Result<()> {
         .not_after
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
+    let names = if files.names.is_empty() {
+        "no DNS name".to_string()
+    } else {
+        files.names.join(", ")
+    };
     eprintln!(
-        "tls.cert: certificate for {} valid until {} ({} days left), tls.key matches it",
-        files.names.join(", "),
+        "tls.cert: certificate for {names} valid until {} ({} days left), tls.key matches it",
         humantime::format_rfc3339_seconds(files.not_after),
         left.as_secs() / 86_400
     );
