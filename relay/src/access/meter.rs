@@ -463,11 +463,13 @@ impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Guarded<T> {
     }
 }
 
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+impl<T: tokio::io::AsyncWrite + Unpin> Guarded<T> {
+    /// One write to the visitor under the upgrade's limits: none once the stream time limit
+    /// has passed, none while the bandwidth cap's pause runs, and what was written is charged.
+    fn limited_write(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        write: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<usize>> {
         let armed = self.slot.is_armed();
         if armed {
@@ -487,7 +489,7 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<T> {
                 }
             }
         }
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let r = write(Pin::new(&mut self.inner), cx);
         if let (true, Poll::Ready(Ok(n))) = (armed, &r) {
             let mut l = self.slot.limits.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(l) = l.as_mut() {
@@ -500,6 +502,30 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<T> {
             }
         }
         r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Guarded<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.limited_write(cx, |io, cx| io.poll_write(cx, buf))
+    }
+
+    /// Passed through: without it hyper's HTTP/2 wrote each DATA frame's 9-byte header and its
+    /// payload in two writes, so two TLS records and two sends per frame.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.limited_write(cx, |io, cx| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
