@@ -15,24 +15,14 @@ pub fn init(format: &str) {
     });
     // The relay's warnings and errors also go to its status page, whatever the log filter.
     let recent = relay::events::RecentErrors.with_filter(LevelFilter::WARN);
-    let registry = tracing_subscriber::registry().with(recent);
-    let _ = if format == "json" {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .try_init()
+    let output = fmt::layer().with_writer(std::io::stderr);
+    let output = if format == "json" {
+        output.json().boxed()
     } else {
-        registry
-            .with(
-                fmt::layer()
-                    .with_target(false)
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter),
-            )
-            .try_init()
+        output.with_target(false).boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(recent)
+        .with(output.with_filter(filter))
+        .try_init();
 }

@@ -19,6 +19,7 @@ use axum::{
 };
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{access::bans::BanFile, identity, RelayConfig, RelayError, Shared};
 
@@ -202,30 +203,19 @@ impl TlsListener {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let accepting = async move {
             let handshakes = tokio_util::task::TaskTracker::new();
-            loop {
-                let (sock, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    a = listener.accept() => match a {
-                        Ok(a) => a,
-                        Err(e) => {
-                            tracing::warn!("admin accept failed: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                };
+            while let Some((sock, peer)) =
+                crate::next_connection(&listener, &shutdown, "admin").await
+            {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                handshakes.spawn(async move {
-                    match tokio::time::timeout(limit, acceptor.accept(sock)).await {
-                        Ok(Ok(tls)) => {
+                let span = tracing::debug_span!("admin_conn", remote = %peer);
+                handshakes.spawn(
+                    async move {
+                        if let Some(tls) = crate::http::accept_tls(&acceptor, sock, limit).await {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => {
-                            tracing::debug!(remote = %peer, "admin TLS handshake failed: {e}")
-                        }
-                        Err(_) => tracing::debug!(remote = %peer, "admin TLS handshake timed out"),
                     }
-                });
+                    .instrument(span),
+                );
             }
             handshakes.close();
             handshakes.wait().await;
@@ -684,12 +674,12 @@ struct UserView {
     disabled: bool,
 }
 
-/// The users file's accounts.
 /// The relay's recent warnings and errors, newest first (see [`crate::events`]).
 async fn errors() -> Json<Vec<crate::events::RecentEvent>> {
     Json(crate::events::recent())
 }
 
+/// The users file's accounts.
 async fn users(State(st): State<AdminState>) -> Result<Json<Vec<UserView>>, (StatusCode, String)> {
     let file = crate::access::users::UsersFile::load(&st.shared.config.users_file())
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

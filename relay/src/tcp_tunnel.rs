@@ -1,6 +1,6 @@
 //! Public TCP ports: each visitor connection becomes one stream to the agent.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use proto::{
     transport::{copy_bidirectional_idle, splice, Connection, Direction},
@@ -29,20 +29,9 @@ pub(crate) async fn serve(
 ) {
     let limit = Arc::new(Semaphore::new(shared.config.limits.connections_per_tunnel));
     let port = bound.listener.local_addr().map_or(0, |a| a.port());
-    loop {
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            a = bound.listener.accept() => a,
-        };
-        let (sock, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: keep accepting after a pause.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((sock, peer)) =
+        crate::next_connection(&bound.listener, &cancel, "tcp tunnel").await
+    {
         // Login unlocks raw ports: closed at once to addresses without a web session on one
         // of this agent's hostnames (or per `[[port_access]]`).
         if !crate::access::raw_allowed(&shared, peer.ip(), port, &agent) {

@@ -58,18 +58,7 @@ pub(crate) async fn serve(
     tasks: TaskTracker,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (sock, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("https accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((sock, peer)) = crate::next_connection(&listener, &shutdown, "https").await {
         let ip = peer.ip();
         if shared.live().auth.deny_ips.iter().any(|c| c.contains(ip)) {
             tracing::debug!(visitor.addr = %peer, "refused: deny_ips");

@@ -25,18 +25,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    loop {
-        let (sock, _peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("http accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((sock, _peer)) = crate::next_connection(&listener, &shutdown, "http").await {
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
